@@ -1,0 +1,32 @@
+//! The `failoverd` command line: one module per subcommand.
+
+pub mod agent;
+pub mod client;
+pub mod members;
+pub mod status;
+pub mod tls;
+
+use clap::Parser;
+use clap::Subcommand;
+
+/// failoverd: one validator signer at a time, decided by an embedded Raft group.
+#[derive(Debug, Parser)]
+#[command(name = "failoverd", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the agent: one Raft voter (and, on validators, the neard supervisor).
+    Agent(Box<agent::AgentArgs>),
+    /// Show this node's view of the cluster.
+    Status(status::StatusArgs),
+    /// List, add or remove cluster members.
+    Members(members::MembersArgs),
+    /// Create TLS certificates for the cluster.
+    Tls(tls::TlsArgs),
+}
