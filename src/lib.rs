@@ -8,5 +8,6 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod local_cluster;
 pub mod raft;
 pub mod signal;

@@ -18,6 +18,7 @@ fn main() {
         Command::Status(args) => edge(async { failoverd::cli::status::run(args).await }),
         Command::Members(args) => edge(async { failoverd::cli::members::run(args).await }),
         Command::Tls(args) => report(failoverd::cli::tls::run(args)),
+        Command::Demo(args) => edge(async { failoverd::cli::demo::run(args).await }),
     };
     std::process::exit(code);
 }

@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod client;
+pub mod demo;
 pub mod members;
 pub mod status;
 pub mod tls;
@@ -29,4 +30,6 @@ pub enum Command {
     Members(members::MembersArgs),
     /// Create TLS certificates for the cluster.
     Tls(tls::TlsArgs),
+    /// Run a three-node cluster on loopback, crash its leader, and watch it recover.
+    Demo(demo::DemoArgs),
 }

@@ -1,0 +1,221 @@
+//! A cluster of `failoverd agent` processes on loopback, in a temp dir: what
+//! `failoverd demo` and the benchmarks run.
+//!
+//! Each node gets a config, a data dir and a log file under the cluster's root.
+//! Dropping the cluster kills its processes and removes the root, unless
+//! `keep` is set.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::Child;
+use std::process::Command;
+use std::process::Stdio;
+use std::time::Duration;
+use std::time::Instant;
+
+use crate::raft::node::NodeStatus;
+use crate::raft::Role;
+
+/// One agent process.
+pub struct LocalNode {
+    /// Node id (1-based).
+    pub id: u64,
+    /// Node name.
+    pub name: String,
+    /// Validator or arbiter.
+    pub role: Role,
+    /// Peer gRPC address.
+    pub peer: String,
+    /// Local API address.
+    pub api: String,
+    /// Config file.
+    pub config: PathBuf,
+    /// Log file (stdout and stderr).
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl LocalNode {
+    /// The process id while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
+/// Agents on loopback sharing a root directory.
+pub struct LocalCluster {
+    /// Root directory of configs, data and logs.
+    pub root: PathBuf,
+    /// Keep processes and files when dropped.
+    pub keep: bool,
+    /// The nodes, index = id - 1.
+    pub nodes: Vec<LocalNode>,
+    bin: PathBuf,
+    http: reqwest::Client,
+}
+
+impl LocalCluster {
+    /// Writes configs for one node per role under a new temp root. `extra`
+    /// returns TOML appended to node `id`'s config.
+    pub fn create(bin: PathBuf, roles: &[Role], extra: impl Fn(u64) -> String) -> std::io::Result<Self> {
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let root = std::env::temp_dir().join(format!("failoverd-{}-{}", std::process::id(), stamp.as_millis()));
+        std::fs::create_dir_all(&root)?;
+        let mut nodes = Vec::new();
+        for (i, role) in roles.iter().enumerate() {
+            let id = i as u64 + 1;
+            let name = match role {
+                Role::Validator => format!("validator-{}", (b'a' + i as u8) as char),
+                Role::Arbiter => "arbiter".to_string(),
+            };
+            nodes.push(LocalNode {
+                id,
+                name,
+                role: *role,
+                peer: format!("127.0.0.1:{}", free_port()?),
+                api: format!("127.0.0.1:{}", free_port()?),
+                config: root.join(format!("node{id}.toml")),
+                log: root.join(format!("node{id}.log")),
+                child: None,
+            });
+        }
+        let members: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("{{ id = {}, addr = \"{}\" }}", n.id, n.peer))
+            .collect();
+        for n in &nodes {
+            let text = format!(
+                "node_id = {}\nname = \"{}\"\nrole = \"{}\"\ndata_dir = \"{}\"\n\n[cluster]\nlisten = \"{}\"\ninitial_members = [ {} ]\n\n[api]\nlisten = \"{}\"\n{}",
+                n.id,
+                n.name,
+                n.role,
+                root.join(format!("data{}", n.id)).display(),
+                n.peer,
+                members.join(", "),
+                n.api,
+                extra(n.id),
+            );
+            std::fs::write(&n.config, text)?;
+        }
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .map_err(std::io::Error::other)?;
+        Ok(LocalCluster {
+            root,
+            keep: false,
+            nodes,
+            bin,
+            http,
+        })
+    }
+
+    /// Starts node `i`, appending its output to its log.
+    pub fn start(&mut self, i: usize) -> std::io::Result<()> {
+        let node = &mut self.nodes[i];
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log)?;
+        let child = Command::new(&self.bin)
+            .arg("agent")
+            .arg("--config")
+            .arg(&node.config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        node.child = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILLs node `i` and reaps it.
+    pub fn kill9(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERMs node `i` and waits up to 10 s for it to exit.
+    pub fn terminate(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Node `i`'s `/v1/status`, if it answers.
+    pub async fn status(&self, i: usize) -> Option<NodeStatus> {
+        let url = format!("http://{}/v1/status", self.nodes[i].api);
+        self.http.get(url).send().await.ok()?.json().await.ok()
+    }
+
+    /// The index of the leader that every running node in `among` agrees on.
+    pub async fn agreed_leader(&self, among: &[usize]) -> Option<usize> {
+        let mut agreed = None;
+        for &i in among {
+            let leader = self.status(i).await?.leader_id?;
+            if agreed.is_some_and(|l| l != leader) {
+                return None;
+            }
+            agreed = Some(leader);
+        }
+        let leader = agreed?;
+        among.iter().copied().find(|&i| self.nodes[i].id == leader)
+    }
+
+    /// Polls `agreed_leader` every 10 ms until it answers or `timeout` passes.
+    pub async fn wait_leader(&self, among: &[usize], timeout: Duration) -> Option<usize> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(i) = self.agreed_leader(among).await {
+                return Some(i);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        None
+    }
+
+    /// Writes `key` through node `i`; the committed index.
+    pub async fn put(&self, i: usize, key: &str, value: &str) -> Result<u64, String> {
+        let url = format!("http://{}/v1/kv/{key}", self.nodes[i].api);
+        let resp = self
+            .http
+            .put(url)
+            .body(value.to_string())
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let ok = resp.status().is_success();
+        let body: serde_json::Value = resp.json().await.map_err(|e| e.to_string())?;
+        match body["index"].as_u64() {
+            Some(index) if ok => Ok(index),
+            _ => Err(body.to_string()),
+        }
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        if self.keep {
+            return;
+        }
+        for i in 0..self.nodes.len() {
+            self.terminate(i);
+        }
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
