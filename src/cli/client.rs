@@ -12,7 +12,7 @@ pub const DEFAULT_API: &str = "http://127.0.0.1:2233";
 #[derive(Debug, Clone, clap::Args)]
 pub struct ApiArgs {
     /// Base URL of the agent's HTTP API.
-    #[arg(long, env = "FAILOVERD_API_URL", default_value = DEFAULT_API)]
+    #[arg(long, global = true, env = "FAILOVERD_API_URL", default_value = DEFAULT_API)]
     pub api: String,
 }
 

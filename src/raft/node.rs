@@ -192,7 +192,14 @@ impl RaftNode {
 
     /// Forms the cluster from `initial_members` on a node with no Raft state.
     /// Safe on every initial member: they all propose the same membership.
+    /// A member that starts late, after the others formed the cluster, does
+    /// not initialise (which would make it campaign and disturb the leader): it
+    /// waits for the leader's replication instead.
     pub async fn bootstrap(&self, initial: &[crate::config::InitialMember]) -> Result<(), ClusterError> {
+        if let Some((peer, cluster_id)) = self.formed_elsewhere(initial).await {
+            tracing::info!(%peer, %cluster_id, "the cluster has already formed: waiting for the leader to replicate to us");
+            return Ok(());
+        }
         let members: BTreeMap<NodeId, Member> = initial
             .iter()
             .map(|m| (m.id, Member { addr: m.addr.clone() }))
@@ -205,6 +212,24 @@ impl RaftNode {
             Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
             Err(e) => Err(ClusterError::Fatal(e.to_string())),
         }
+    }
+
+    /// Asks the other initial members, briefly, whether one of them already
+    /// belongs to a cluster; returns that member's address and cluster id.
+    async fn formed_elsewhere(&self, initial: &[crate::config::InitialMember]) -> Option<(String, String)> {
+        let timeout = Duration::from_secs(1);
+        for m in initial.iter().filter(|m| m.id != self.me.node_id) {
+            let Ok(mut client) = self.peers.cluster_client(&m.addr) else {
+                continue;
+            };
+            let req = self.peers.request(pb::NodeInfoRequest {}, timeout);
+            if let Ok(info) = call(timeout, client.get_node_info(req)).await {
+                if !info.cluster_id.is_empty() {
+                    return Some((m.addr.clone(), info.cluster_id));
+                }
+            }
+        }
+        None
     }
 
     /// Commits `cmd`, forwarding it to the leader if needed. Retries while no
@@ -451,7 +476,7 @@ impl RaftNode {
                     name: self.me.name.clone(),
                     role: self.me.role,
                 };
-                if has_leader && registered.as_ref() != Some(&wanted) && self.is_member() {
+                if has_leader && registered.as_ref() != Some(&wanted) && self.is_member(self.me.node_id) {
                     let cmd = Command::RegisterNode {
                         node_id: self.me.node_id,
                         name: wanted.name,
@@ -469,13 +494,14 @@ impl RaftNode {
         }
     }
 
-    fn is_member(&self) -> bool {
+    /// Whether `id` is in the membership (as voter or learner).
+    pub fn is_member(&self, id: NodeId) -> bool {
         self.raft
             .metrics()
             .borrow()
             .membership_config
             .membership()
-            .get_node(&self.me.node_id)
+            .get_node(&id)
             .is_some()
     }
 }

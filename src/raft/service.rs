@@ -3,8 +3,9 @@
 //! API); with `[cluster.tls]` only holders of a CA-signed certificate can.
 //!
 //! Every call is first admitted: a caller that names a cluster id other than
-//! ours (or none, once we have one) is refused with `PermissionDenied`, and
-//! the refusal is logged with its address.
+//! ours is refused with `PermissionDenied`, and the refusal is logged with its
+//! address. A caller with no id yet is heard only if it is a member (a late
+//! initial member, or one being added) and refused otherwise.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -51,7 +52,11 @@ impl PeerService {
         let theirs = header(CLUSTER_HEADER);
         let from = header(FROM_HEADER).parse::<NodeId>().ok();
         if let Some(ours) = self.node.peers().cluster_id() {
-            if theirs != ours {
+            // A member that has not learned the id yet (a late initial member)
+            // is heard: refusing its votes would keep it campaigning with ever
+            // higher terms, and it cannot win with its empty log anyway.
+            let member_without_id = theirs.is_empty() && from.is_some_and(|id| self.node.is_member(id));
+            if theirs != ours && !member_without_id {
                 let peer = req
                     .remote_addr()
                     .map_or_else(|| "unknown".to_string(), |a: SocketAddr| a.to_string());
