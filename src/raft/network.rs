@@ -108,7 +108,7 @@ impl PeerClient {
             .raft_client(&self.addr)
             .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
         let json = serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let request = self.peers.request(RaftPayload { json }, timeout);
+        let request = self.peers.request(RaftPayload { json }, timeout, Some(self.target));
         let call = async {
             match kind {
                 RPCTypes::Vote => client.vote(request).await,

@@ -222,7 +222,7 @@ impl RaftNode {
             let Ok(mut client) = self.peers.cluster_client(&m.addr) else {
                 continue;
             };
-            let req = self.peers.request(pb::NodeInfoRequest {}, timeout);
+            let req = self.peers.request(pb::NodeInfoRequest {}, timeout, None);
             if let Ok(info) = call(timeout, client.get_node_info(req)).await {
                 if !info.cluster_id.is_empty() {
                     return Some((m.addr.clone(), info.cluster_id));
@@ -240,7 +240,10 @@ impl RaftNode {
             let attempt = match self.raft.client_write(cmd.clone()).await {
                 Ok(resp) => return Ok(resp.data),
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(fwd))) => match fwd.leader_node {
-                    Some(leader) if fwd.leader_id != Some(self.me.node_id) => self.forward_write(&leader, &cmd).await,
+                    Some(leader) => match fwd.leader_id {
+                        Some(id) if id != self.me.node_id => self.forward_write(id, &leader, &cmd).await,
+                        _ => Err(ClusterError::NoLeader),
+                    },
                     _ => Err(ClusterError::NoLeader),
                 },
                 Err(e) => Err(write_error(e)),
@@ -264,13 +267,20 @@ impl RaftNode {
             .map_err(write_error)
     }
 
-    async fn forward_write(&self, leader: &Member, cmd: &Command) -> Result<CommandResult, ClusterError> {
+    async fn forward_write(
+        &self,
+        leader_id: NodeId,
+        leader: &Member,
+        cmd: &Command,
+    ) -> Result<CommandResult, ClusterError> {
         let json = serde_json::to_vec(cmd).map_err(|e| ClusterError::Rejected(e.to_string()))?;
         let mut client = self
             .peers
             .cluster_client(&leader.addr)
             .map_err(|e| ClusterError::Rejected(e.to_string()))?;
-        let req = self.peers.request(pb::RaftPayload { json }, CLUSTER_CALL_TIMEOUT);
+        let req = self
+            .peers
+            .request(pb::RaftPayload { json }, CLUSTER_CALL_TIMEOUT, Some(leader_id));
         let reply = call(CLUSTER_CALL_TIMEOUT, client.client_write(req)).await?;
         serde_json::from_slice(&reply.json).map_err(|e| ClusterError::Rejected(format!("bad reply from leader: {e}")))
     }
@@ -299,7 +309,7 @@ impl RaftNode {
                         MembershipOp::Remove { id } => self.remove_member_local(*id).await,
                     }
                 }
-                (Some(_), Some(leader)) => self.forward_membership(&leader, &op).await,
+                (Some(id), Some(leader)) => self.forward_membership(id, &leader, &op).await,
                 _ => Err(ClusterError::NoLeader),
             };
             match attempt {
@@ -309,7 +319,12 @@ impl RaftNode {
         }
     }
 
-    async fn forward_membership(&self, leader: &Member, op: &MembershipOp) -> Result<Vec<MemberStatus>, ClusterError> {
+    async fn forward_membership(
+        &self,
+        leader_id: NodeId,
+        leader: &Member,
+        op: &MembershipOp,
+    ) -> Result<Vec<MemberStatus>, ClusterError> {
         let mut client = self
             .peers
             .cluster_client(&leader.addr)
@@ -322,7 +337,7 @@ impl RaftNode {
                 };
                 call(
                     CATCH_UP_TIMEOUT,
-                    client.add_member(self.peers.request(req, CATCH_UP_TIMEOUT)),
+                    client.add_member(self.peers.request(req, CATCH_UP_TIMEOUT, Some(leader_id))),
                 )
                 .await?
             }
@@ -330,7 +345,7 @@ impl RaftNode {
                 let req = pb::RemoveMemberRequest { node_id: *id };
                 call(
                     CLUSTER_CALL_TIMEOUT,
-                    client.remove_member(self.peers.request(req, CLUSTER_CALL_TIMEOUT)),
+                    client.remove_member(self.peers.request(req, CLUSTER_CALL_TIMEOUT, Some(leader_id))),
                 )
                 .await?
             }
@@ -349,7 +364,7 @@ impl RaftNode {
             .peers
             .cluster_client(&addr)
             .map_err(|e| ClusterError::Rejected(e.to_string()))?;
-        let req = self.peers.request(pb::NodeInfoRequest {}, Duration::from_secs(5));
+        let req = self.peers.request(pb::NodeInfoRequest {}, Duration::from_secs(5), None);
         let info = call(Duration::from_secs(5), client.get_node_info(req))
             .await
             .map_err(|e| ClusterError::Rejected(format!("cannot reach node {id} at {addr}: {e}")))?;

@@ -25,6 +25,8 @@ use super::NodeId;
 pub const CLUSTER_HEADER: &str = "x-failoverd-cluster";
 /// Metadata key carrying the sender's node id.
 pub const FROM_HEADER: &str = "x-failoverd-from";
+/// Metadata key carrying the node id the sender means to reach.
+pub const TO_HEADER: &str = "x-failoverd-to";
 
 /// How long to wait for a TCP (and TLS) connection to a peer.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -112,8 +114,9 @@ impl Peers {
         Ok(ClusterClient::new(self.channel(addr)?).max_decoding_message_size(64 * 1024 * 1024))
     }
 
-    /// Wraps `msg` with our identity and a deadline the server also honours.
-    pub fn request<T>(&self, msg: T, timeout: Duration) -> tonic::Request<T> {
+    /// Wraps `msg` with our identity, the node we mean to reach (if we know
+    /// it), and a deadline the server also honours.
+    pub fn request<T>(&self, msg: T, timeout: Duration, to: Option<NodeId>) -> tonic::Request<T> {
         let mut req = tonic::Request::new(msg);
         req.set_timeout(timeout);
         let cluster = self.cluster_id().unwrap_or_default();
@@ -122,6 +125,9 @@ impl Peers {
         }
         req.metadata_mut()
             .insert(FROM_HEADER, MetadataValue::from(self.inner.node_id));
+        if let Some(to) = to {
+            req.metadata_mut().insert(TO_HEADER, MetadataValue::from(to));
+        }
         req
     }
 

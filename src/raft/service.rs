@@ -5,7 +5,9 @@
 //! Every call is first admitted: a caller that names a cluster id other than
 //! ours is refused with `PermissionDenied`, and the refusal is logged with its
 //! address. A caller with no id yet is heard only if it is a member (a late
-//! initial member, or one being added) and refused otherwise.
+//! initial member, or one being added) and refused otherwise. A call meant for
+//! another node id (the caller's membership names a different node at our
+//! address) is refused too.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,6 +29,7 @@ use super::pb::raft_server::Raft as RaftRpc;
 use super::pb::RaftPayload;
 use super::peers::CLUSTER_HEADER;
 use super::peers::FROM_HEADER;
+use super::peers::TO_HEADER;
 use super::Command;
 use super::NodeId;
 use super::TypeConfig;
@@ -66,6 +69,18 @@ impl PeerService {
                     "cluster id mismatch: this node is in cluster {ours}, caller is in {theirs}"
                 )));
             }
+        }
+        // A peer that dials an address now held by another node (a reused
+        // address, a stale membership) must not be answered as if we were it.
+        let me = self.node.identity().node_id;
+        if let Some(to) = header(TO_HEADER).parse::<NodeId>().ok().filter(|to| *to != me) {
+            let peer = req
+                .remote_addr()
+                .map_or_else(|| "unknown".to_string(), |a: SocketAddr| a.to_string());
+            tracing::warn!(peer = %peer, from = ?from, expected = to, "refused peer: it wants another node at this address");
+            return Err(Status::permission_denied(format!(
+                "wrong node: this is node {me}, not node {to}"
+            )));
         }
         if let Some(from) = from {
             self.node.peers().note_contact(from);
