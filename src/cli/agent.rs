@@ -18,6 +18,7 @@ use crate::config::EXIT_CONFIG;
 use crate::raft::data_dir::DataDir;
 use crate::raft::node::RaftNode;
 use crate::raft::service;
+use crate::raft::tls::TlsError;
 use crate::raft::tls::TlsMaterial;
 
 /// Exit code for a data dir that cannot be used (`EX_DATAERR`).
@@ -78,9 +79,14 @@ fn prepare(args: &ConfigArgs, sources: &dyn config::ArgSource) -> Result<Prepare
     let cfg = config::load(args, sources).map_err(config_error)?;
     cfg.check_data_dir().map_err(config_error)?;
     let tls = match &cfg.cluster.tls {
-        Some(tls) => Some(TlsMaterial::load(tls).map_err(|e| Exit(EXIT_CONFIG, format!("config error: {e}")))?),
+        Some(tls) => Some(TlsMaterial::load(tls).map_err(|e| config_error(tls_error(&cfg, e)))?),
         None => None,
     };
+    // Checked before the data dir is first written, so a refused first start
+    // leaves nothing behind.
+    if !DataDir::exists(&cfg.data_dir) {
+        cfg.check_first_start().map_err(config_error)?;
+    }
     let dir = DataDir::open(&cfg.data_dir, cfg.node_id, cfg.cluster.expect_id.as_deref())
         .map_err(|e| Exit(EXIT_DATA, format!("data_dir {}: {e}", cfg.data_dir.display())))?;
     let fresh = dir
@@ -90,6 +96,14 @@ fn prepare(args: &ConfigArgs, sources: &dyn config::ArgSource) -> Result<Prepare
         cfg.check_first_start().map_err(config_error)?;
     }
     Ok(Prepared { cfg, dir, tls, fresh })
+}
+
+/// A TLS file problem as a config error naming the key and its origin.
+fn tls_error(cfg: &Config, e: TlsError) -> config::ConfigError {
+    match e {
+        TlsError::File { key, path, reason } => cfg.error(key, format!("{}: {reason}", path.display())),
+        TlsError::Config(reason) => cfg.error("cluster.tls", reason),
+    }
 }
 
 async fn run(p: Prepared) -> Result<(), Exit> {

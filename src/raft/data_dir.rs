@@ -81,7 +81,7 @@ pub enum StoreError {
         expected: NodeId,
     },
     /// The directory belongs to another cluster.
-    #[error("{path} belongs to cluster {found}, but cluster.cluster_id pins {expected}")]
+    #[error("{path} belongs to cluster {found}, but cluster.expect_id is {expected}")]
     WrongCluster {
         /// The sled directory.
         path: PathBuf,
@@ -135,6 +135,11 @@ impl DataDir {
         dir.check_identity(node_id, pinned_cluster)?;
         dir.check_records()?;
         Ok(dir)
+    }
+
+    /// Whether `data_dir` already holds a database (of any node).
+    pub fn exists(data_dir: &Path) -> bool {
+        data_dir.join("raft").exists()
     }
 
     /// The sled directory, for messages.

@@ -67,6 +67,9 @@ pub enum ClusterError {
     /// No leader is known (election in progress, or no quorum).
     #[error("no cluster leader")]
     NoLeader,
+    /// A peer could not be reached.
+    #[error("unreachable: {0}")]
+    Unreachable(String),
     /// The leader did not answer in time.
     #[error("timed out after {0:?} waiting for the cluster")]
     Timeout(Duration),
@@ -81,7 +84,10 @@ pub enum ClusterError {
 impl ClusterError {
     /// True if the same request may succeed later.
     pub fn retryable(&self) -> bool {
-        matches!(self, ClusterError::NoLeader | ClusterError::Timeout(_))
+        matches!(
+            self,
+            ClusterError::NoLeader | ClusterError::Unreachable(_) | ClusterError::Timeout(_)
+        )
     }
 }
 
@@ -139,6 +145,10 @@ pub struct RaftNode {
     peers: Peers,
     state: SharedState,
     me: Identity,
+    /// Started fresh with no `initial_members`: answers Raft traffic only once
+    /// a leader has claimed it. A node whose data dir was wiped while it was a
+    /// member cannot sneak back in (and confuse the leader) that way.
+    unclaimed: std::sync::atomic::AtomicBool,
 }
 
 impl RaftNode {
@@ -167,7 +177,14 @@ impl RaftNode {
             role: cfg.role,
             advertise: cfg.cluster.advertise.clone(),
         };
-        Ok(Arc::new(RaftNode { raft, peers, state, me }))
+        let unclaimed = peers.cluster_id().is_none() && cfg.cluster.initial_members.is_empty();
+        Ok(Arc::new(RaftNode {
+            raft,
+            peers,
+            state,
+            me,
+            unclaimed: unclaimed.into(),
+        }))
     }
 
     /// The openraft handle.
@@ -381,6 +398,16 @@ impl RaftNode {
                 info.cluster_id
             )));
         }
+        let mut client = self
+            .peers
+            .cluster_client(&addr)
+            .map_err(|e| ClusterError::Rejected(e.to_string()))?;
+        let req = self
+            .peers
+            .request(pb::ClaimRequest { cluster_id: ours }, Duration::from_secs(5), Some(id));
+        call(Duration::from_secs(5), client.claim(req))
+            .await
+            .map_err(|e| ClusterError::Rejected(format!("node {id} at {addr} did not accept this cluster: {e}")))?;
         tracing::info!(node = id, %addr, name = %info.name, "adding member: catching up as a learner");
         let learner = self.raft.add_learner(id, Member { addr }, true);
         tokio::time::timeout(CATCH_UP_TIMEOUT, learner)
@@ -509,6 +536,31 @@ impl RaftNode {
         }
     }
 
+    /// True while this node waits to be claimed by `members add`.
+    pub fn unclaimed(&self) -> bool {
+        self.unclaimed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Accepts a leader's claim: from now on this node belongs to `cluster_id`.
+    pub async fn claim(&self, cluster_id: &str) -> Result<(), ClusterError> {
+        match self.peers.cluster_id() {
+            Some(ours) if ours != cluster_id => Err(ClusterError::Rejected(format!(
+                "this node already belongs to cluster {ours}"
+            ))),
+            Some(_) => Ok(()),
+            None if cluster_id.is_empty() => Err(ClusterError::Rejected("the claim names no cluster".into())),
+            None => {
+                self.peers
+                    .set_cluster_id(cluster_id)
+                    .await
+                    .map_err(|e| ClusterError::Fatal(e.to_string()))?;
+                self.unclaimed.store(false, std::sync::atomic::Ordering::SeqCst);
+                tracing::info!(%cluster_id, "claimed by a cluster leader: joining");
+                Ok(())
+            }
+        }
+    }
+
     /// Whether `id` is in the membership (as voter or learner).
     pub fn is_member(&self, id: NodeId) -> bool {
         self.raft
@@ -537,7 +589,7 @@ async fn call<T>(
         Ok(Ok(resp)) => Ok(resp.into_inner()),
         Ok(Err(status)) => match status.code() {
             tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
-                Err(ClusterError::NoLeader)
+                Err(ClusterError::Unreachable(status.message().to_string()))
             }
             _ => Err(ClusterError::Rejected(status.message().to_string())),
         },

@@ -78,6 +78,11 @@ impl Peers {
         self.inner.dir.cluster_id().ok().flatten()
     }
 
+    /// Records the cluster id durably (a node being claimed by a leader).
+    pub async fn set_cluster_id(&self, cluster_id: &str) -> Result<(), super::data_dir::StoreError> {
+        self.inner.dir.set_cluster_id(cluster_id).await
+    }
+
     /// The channel to `addr`, created on first use and then reused.
     pub fn channel(&self, addr: &str) -> Result<Channel, PeerError> {
         let mut channels = self.inner.channels.lock().unwrap_or_else(|p| p.into_inner());

@@ -106,22 +106,39 @@ fn cluster_status(e: ClusterError) -> Status {
     }
 }
 
+impl PeerService {
+    /// `admit`, plus: an unclaimed node takes no Raft traffic.
+    fn admit_raft<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        self.admit(req)?;
+        if self.node.unclaimed() {
+            let peer = req
+                .remote_addr()
+                .map_or_else(|| "unknown".to_string(), |a: SocketAddr| a.to_string());
+            tracing::warn!(peer = %peer, "refused peer: this node waits to be added with `failoverd members add`");
+            return Err(Status::permission_denied(
+                "this node waits to be added with `failoverd members add` and takes no Raft traffic until then",
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[tonic::async_trait]
 impl RaftRpc for PeerService {
     async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        self.admit(&req)?;
+        self.admit_raft(&req)?;
         let rpc: VoteRequest<NodeId> = decode(req.get_ref())?;
         reply(&self.node.raft().vote(rpc).await)
     }
 
     async fn append_entries(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        self.admit(&req)?;
+        self.admit_raft(&req)?;
         let rpc: AppendEntriesRequest<TypeConfig> = decode(req.get_ref())?;
         reply(&self.node.raft().append_entries(rpc).await)
     }
 
     async fn install_snapshot(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        self.admit(&req)?;
+        self.admit_raft(&req)?;
         let rpc: InstallSnapshotRequest<TypeConfig> = decode(req.get_ref())?;
         reply(&self.node.raft().install_snapshot(rpc).await)
     }
@@ -161,6 +178,15 @@ impl Cluster for PeerService {
             .map_err(cluster_status)?;
         let json = serde_json::to_vec(&members).map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(pb::MembershipReply { json }))
+    }
+
+    async fn claim(&self, req: Request<pb::ClaimRequest>) -> Result<Response<pb::ClaimReply>, Status> {
+        self.admit(&req)?;
+        self.node
+            .claim(&req.get_ref().cluster_id)
+            .await
+            .map_err(cluster_status)?;
+        Ok(Response::new(pb::ClaimReply {}))
     }
 
     async fn get_node_info(&self, req: Request<pb::NodeInfoRequest>) -> Result<Response<pb::NodeInfo>, Status> {

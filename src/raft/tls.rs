@@ -47,7 +47,7 @@ pub enum TlsError {
         reason: String,
     },
     /// The certificate, key and CA do not form a usable configuration.
-    #[error("[cluster.tls]: {0}")]
+    #[error("cluster.tls: {0}")]
     Config(String),
 }
 

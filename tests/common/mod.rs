@@ -349,3 +349,114 @@ pub fn run_cli(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// `text` without ANSI colour sequences: tracing colours field names even when
+/// writing to a file, which would split `peer=ADDR` apart.
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c != '\u{1b}' {
+            out.push(c);
+        } else if chars.next() == Some('[') {
+            // A CSI sequence ends with a byte in '@'..='~'.
+            for c in chars.by_ref() {
+                if ('@'..='~').contains(&c) {
+                    break;
+                }
+            }
+        }
+    }
+    out
+}
+
+impl Cluster {
+    /// Agent `i`'s whole log as plain text (colour codes removed).
+    pub fn log_text(&self, i: usize) -> String {
+        strip_ansi(&std::fs::read_to_string(&self.agents[i].log).unwrap_or_default())
+    }
+
+    /// Waits (up to `PATIENCE`) until agent `i`'s plain log, from byte `from` of
+    /// [`Cluster::log_text`] on, has at least `times` lines containing every one
+    /// of `needles`; returns those lines.
+    pub async fn wait_log(&self, i: usize, from: usize, needles: &[&str], times: usize) -> Vec<String> {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let text = self.log_text(i);
+            let lines: Vec<String> = text
+                .get(from..)
+                .unwrap_or("")
+                .lines()
+                .filter(|l| needles.iter().all(|n| l.contains(n)))
+                .map(str::to_string)
+                .collect();
+            if lines.len() >= times {
+                return lines;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} logged {} of {times} lines with {needles:?}\n{}",
+                self.agents[i].name,
+                lines.len(),
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Like [`run_cli`], with extra env vars (inherited `FAILOVERD_*` vars removed),
+/// and bounded: a process still running after `PATIENCE` is killed and reported
+/// with exit code -1.
+pub fn run_cli_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("FAILOVERD_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.envs(env.iter().copied());
+    let mut child = cmd.spawn().expect("run failoverd");
+    let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            if let Some(mut pipe) = pipe {
+                let _ = std::io::Read::read_to_string(&mut pipe, &mut text);
+            }
+            text
+        })
+    };
+    let stdout = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+    );
+    let stderr = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+    );
+    let started = Instant::now();
+    let code = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status.code().unwrap_or(-1);
+        }
+        if started.elapsed() > PATIENCE {
+            let _ = child.kill();
+            let _ = child.wait();
+            break -1;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (
+        code,
+        stdout.join().unwrap_or_default(),
+        stderr.join().unwrap_or_default(),
+    )
+}
