@@ -33,6 +33,12 @@ pub struct Defaults {
     pub election_timeout: Duration,
     /// `api.listen`.
     pub api_listen: &'static str,
+    /// `lock.consul_url`.
+    pub consul_url: &'static str,
+    /// `consul_api.listen`.
+    pub consul_api_listen: &'static str,
+    /// `consul_api.session_ttl_min`.
+    pub session_ttl_min: Duration,
 }
 
 /// The defaults. Timings are chosen for validators in different data centres:
@@ -45,6 +51,9 @@ pub const DEFAULTS: Defaults = Defaults {
     heartbeat_interval: Duration::from_millis(250),
     election_timeout: Duration::from_secs(1),
     api_listen: "127.0.0.1:2233",
+    consul_url: "http://127.0.0.1:8500",
+    consul_api_listen: "127.0.0.1:8500",
+    session_ttl_min: Duration::from_secs(10),
 };
 
 /// A configuration value that cannot be used.
@@ -74,8 +83,45 @@ pub struct Config {
     pub cluster: ClusterConfig,
     /// Local HTTP API.
     pub api: ApiConfig,
+    /// Which lock service to use.
+    pub lock: LockConfig,
+    /// The Consul-compatible HTTP API (raft backend only).
+    pub consul_api: ConsulApiConfig,
     /// Where each key came from, for error messages.
     pub origins: Origins,
+}
+
+/// Which implementation of the lock abstraction the agent uses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// The embedded Raft group (default).
+    #[default]
+    Raft,
+    /// A real Consul agent; no Raft node is started.
+    Consul,
+}
+
+/// `[lock]`: the lock service.
+#[derive(Debug, Clone)]
+pub struct LockConfig {
+    /// "raft" (default) or "consul".
+    pub backend: BackendKind,
+    /// Base URL of the Consul agent (consul backend).
+    pub consul_url: String,
+    /// File holding the Consul ACL token; re-read on SIGHUP.
+    pub consul_token_file: Option<PathBuf>,
+}
+
+/// `[consul_api]`: the Consul-compatible HTTP API every raft-backed agent serves.
+#[derive(Debug, Clone)]
+pub struct ConsulApiConfig {
+    /// Address to serve on; `None` (an empty string in the file) disables it.
+    pub listen: Option<SocketAddr>,
+    /// Smallest session TTL accepted from API clients (Consul's default 10s).
+    pub session_ttl_min: Duration,
+    /// If set, every request must carry this token (`X-Consul-Token` or `?token=`).
+    pub token_file: Option<PathBuf>,
 }
 
 /// `[cluster]`: the Raft group.
@@ -174,6 +220,24 @@ pub struct ConfigArgs {
     /// Local HTTP API listen address (default 127.0.0.1:2233).
     #[arg(long, env = "FAILOVERD_API_LISTEN")]
     pub api_listen: Option<String>,
+    /// Lock backend: "raft" (default) or "consul".
+    #[arg(long, env = "FAILOVERD_LOCK_BACKEND")]
+    pub lock_backend: Option<String>,
+    /// Consul agent URL for the consul backend (default http://127.0.0.1:8500).
+    #[arg(long, env = "FAILOVERD_LOCK_CONSUL_URL")]
+    pub lock_consul_url: Option<String>,
+    /// File with the Consul ACL token (re-read on SIGHUP).
+    #[arg(long, env = "FAILOVERD_LOCK_CONSUL_TOKEN_FILE")]
+    pub lock_consul_token_file: Option<PathBuf>,
+    /// Consul-compatible API listen address (default 127.0.0.1:8500; "" disables).
+    #[arg(long, env = "FAILOVERD_CONSUL_API_LISTEN")]
+    pub consul_api_listen: Option<String>,
+    /// Smallest session TTL accepted on the Consul-compatible API (default 10s).
+    #[arg(long, env = "FAILOVERD_CONSUL_API_SESSION_TTL_MIN")]
+    pub consul_api_session_ttl_min: Option<String>,
+    /// File with the token the Consul-compatible API requires.
+    #[arg(long, env = "FAILOVERD_CONSUL_API_TOKEN_FILE")]
+    pub consul_api_token_file: Option<PathBuf>,
 }
 
 /// The file's shape: every key optional, unknown keys refused.
@@ -188,6 +252,26 @@ struct FileConfig {
     cluster: FileCluster,
     #[serde(default)]
     api: FileApi,
+    #[serde(default)]
+    lock: FileLock,
+    #[serde(default)]
+    consul_api: FileConsulApi,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLock {
+    backend: Option<BackendKind>,
+    consul_url: Option<String>,
+    consul_token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConsulApi {
+    listen: Option<String>,
+    session_ttl_min: Option<String>,
+    token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -313,6 +397,24 @@ pub fn load(args: &ConfigArgs, sources: &dyn ArgSource) -> Result<Config, Config
             "cluster_expect_id",
         ),
         (&args.api_listen, &mut file.api.listen, "api.listen", "api_listen"),
+        (
+            &args.lock_consul_url,
+            &mut file.lock.consul_url,
+            "lock.consul_url",
+            "lock_consul_url",
+        ),
+        (
+            &args.consul_api_listen,
+            &mut file.consul_api.listen,
+            "consul_api.listen",
+            "consul_api_listen",
+        ),
+        (
+            &args.consul_api_session_ttl_min,
+            &mut file.consul_api.session_ttl_min,
+            "consul_api.session_ttl_min",
+            "consul_api_session_ttl_min",
+        ),
     ] {
         if let Some(v) = value {
             note(key, id);
@@ -364,6 +466,39 @@ pub fn load(args: &ConfigArgs, sources: &dyn ArgSource) -> Result<Config, Config
     if let Some(text) = members_text {
         file.cluster.initial_members =
             Some(parse_members(&text).map_err(|e| origins.error("cluster.initial_members", e))?);
+    }
+    if let Some(text) = &args.lock_backend {
+        origins
+            .overridden
+            .push(("lock.backend", sources.source("lock_backend").unwrap_or_default()));
+        file.lock.backend = Some(match text.as_str() {
+            "raft" => BackendKind::Raft,
+            "consul" => BackendKind::Consul,
+            other => {
+                return Err(origins.error("lock.backend", format!("{other:?} is not \"raft\" or \"consul\"")));
+            }
+        });
+    }
+    for (value, slot, key, id) in [
+        (
+            &args.lock_consul_token_file,
+            &mut file.lock.consul_token_file,
+            "lock.consul_token_file",
+            "lock_consul_token_file",
+        ),
+        (
+            &args.consul_api_token_file,
+            &mut file.consul_api.token_file,
+            "consul_api.token_file",
+            "consul_api_token_file",
+        ),
+    ] {
+        if let Some(v) = value {
+            if let Some(src) = sources.source(id) {
+                origins.overridden.push((key, src));
+            }
+            *slot = Some(v.clone());
+        }
     }
     build(file, origins)?.validate()
 }
@@ -430,9 +565,14 @@ fn parse_members(text: &str) -> Result<Vec<InitialMember>, String> {
 }
 
 fn build(file: FileConfig, origins: Origins) -> Result<Config, ConfigError> {
-    let node_id = file
-        .node_id
-        .ok_or_else(|| origins.error("node_id", "missing: every node needs a unique node_id"))?;
+    let backend = file.lock.backend.unwrap_or_default();
+    let raft = backend == BackendKind::Raft;
+    // With the consul backend there is no Raft node: node_id and [cluster] are unused.
+    let node_id = match file.node_id {
+        Some(id) => id,
+        None if !raft => 0,
+        None => return Err(origins.error("node_id", "missing: every node needs a unique node_id")),
+    };
     let name = match file.name {
         Some(name) => name,
         None => nix::unistd::gethostname()
@@ -449,7 +589,7 @@ fn build(file: FileConfig, origins: Origins) -> Result<Config, ConfigError> {
     })?;
     let advertise = match c.advertise {
         Some(addr) => addr,
-        None if listen.ip().is_unspecified() => {
+        None if listen.ip().is_unspecified() && raft => {
             return Err(origins.error(
                 "cluster.advertise",
                 format!("missing: required when cluster.listen ({listen}) is a wildcard address"),
@@ -512,6 +652,28 @@ fn build(file: FileConfig, origins: Origins) -> Result<Config, ConfigError> {
     let api_listen: SocketAddr = api_text
         .parse()
         .map_err(|_| origins.error("api.listen", format!("{api_text:?} is not an IP:PORT socket address")))?;
+    let consul_api_listen = match file.consul_api.listen.as_deref() {
+        None => Some(DEFAULTS.consul_api_listen.to_string()),
+        Some("") => None,
+        Some(text) => Some(text.to_string()),
+    };
+    let consul_api = ConsulApiConfig {
+        listen: match consul_api_listen {
+            None => None,
+            Some(text) => Some(text.parse().map_err(|_| {
+                origins.error(
+                    "consul_api.listen",
+                    format!("{text:?} is not an IP:PORT socket address (or \"\" to disable)"),
+                )
+            })?),
+        },
+        session_ttl_min: duration(
+            "consul_api.session_ttl_min",
+            file.consul_api.session_ttl_min,
+            DEFAULTS.session_ttl_min,
+        )?,
+        token_file: file.consul_api.token_file,
+    };
     Ok(Config {
         node_id,
         name,
@@ -527,6 +689,12 @@ fn build(file: FileConfig, origins: Origins) -> Result<Config, ConfigError> {
             expect_id: c.expect_id,
         },
         api: ApiConfig { listen: api_listen },
+        lock: LockConfig {
+            backend,
+            consul_url: file.lock.consul_url.unwrap_or_else(|| DEFAULTS.consul_url.to_string()),
+            consul_token_file: file.lock.consul_token_file,
+        },
+        consul_api,
         origins,
     })
 }
@@ -538,6 +706,25 @@ impl Config {
         let o = &self.origins;
         if self.name.trim().is_empty() {
             return Err(o.error("name", "must not be empty"));
+        }
+        if self.consul_api.session_ttl_min < Duration::from_secs(1) {
+            return Err(o.error("consul_api.session_ttl_min", "must be at least 1s"));
+        }
+        if let Some(listen) = self.consul_api.listen {
+            if listen == self.api.listen || (self.lock.backend == BackendKind::Raft && listen == self.cluster.listen) {
+                return Err(o.error(
+                    "consul_api.listen",
+                    format!("{listen} is already used by another listener"),
+                ));
+            }
+        }
+        if self.lock.backend == BackendKind::Consul {
+            let url = &self.lock.consul_url;
+            if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
+                return Err(o.error("lock.consul_url", format!("{url:?} is not an http:// or https:// URL")));
+            }
+            // No Raft node: [cluster] is not used.
+            return Ok(self);
         }
         check_host_port(&self.cluster.advertise).map_err(|e| o.error("cluster.advertise", e))?;
         let mut ids = BTreeSet::new();

@@ -5,9 +5,12 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod consul_api;
 pub mod local_cluster;
+pub mod lock;
 pub mod raft;
 pub mod signal;

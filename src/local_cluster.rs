@@ -28,6 +28,8 @@ pub struct LocalNode {
     pub peer: String,
     /// Local API address.
     pub api: String,
+    /// Consul-compatible API address.
+    pub consul: String,
     /// Config file.
     pub config: PathBuf,
     /// Log file (stdout and stderr).
@@ -76,6 +78,7 @@ impl LocalCluster {
                 role: *role,
                 peer: format!("127.0.0.1:{}", free_port()?),
                 api: format!("127.0.0.1:{}", free_port()?),
+                consul: format!("127.0.0.1:{}", free_port()?),
                 config: root.join(format!("node{id}.toml")),
                 log: root.join(format!("node{id}.log")),
                 child: None,
@@ -87,7 +90,7 @@ impl LocalCluster {
             .collect();
         for n in &nodes {
             let text = format!(
-                "node_id = {}\nname = \"{}\"\nrole = \"{}\"\ndata_dir = \"{}\"\n\n[cluster]\nlisten = \"{}\"\ninitial_members = [ {} ]\n\n[api]\nlisten = \"{}\"\n{}",
+                "node_id = {}\nname = \"{}\"\nrole = \"{}\"\ndata_dir = \"{}\"\n\n[cluster]\nlisten = \"{}\"\ninitial_members = [ {} ]\n\n[api]\nlisten = \"{}\"\n\n[consul_api]\nlisten = \"{}\"\n{}",
                 n.id,
                 n.name,
                 n.role,
@@ -95,6 +98,7 @@ impl LocalCluster {
                 n.peer,
                 members.join(", "),
                 n.api,
+                n.consul,
                 extra(n.id),
             );
             std::fs::write(&n.config, text)?;

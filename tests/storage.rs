@@ -153,10 +153,12 @@ async fn wait_leader(raft: &Raft) {
 }
 
 fn put(key: &str, value: &str) -> Command {
-    Command::Put {
+    Command::Lock(failoverd::lock::state::LockCommand::KvSet {
         key: key.into(),
         value: value.as_bytes().to_vec(),
-    }
+        flags: 0,
+        cas: None,
+    })
 }
 
 /// Committed entries, the vote and the applied state all come back after a clean
@@ -212,7 +214,7 @@ async fn log_vote_and_state_survive_reopen() {
             "re-applied on start"
         );
         assert_eq!(applied.state, state_before);
-        assert_eq!(applied.state.kv["k3"].value, b"v3");
+        assert_eq!(applied.state.lock.kv["k3"].value, b"v3");
     }
     // And the node carries on: it leads again (openraft restores a sole voter's
     // leadership in the same term) and accepts writes.
@@ -221,7 +223,7 @@ async fn log_vote_and_state_survive_reopen() {
         .await
         .expect("write within patience")
         .expect("write after reopen commits");
-    assert_eq!(shared.read().state.kv["after"].value, b"restart");
+    assert_eq!(shared.read().state.lock.kv["after"].value, b"restart");
     raft.shutdown().await.expect("clean shutdown");
 }
 

@@ -30,11 +30,85 @@ use axum::Json;
 use axum::Router;
 use serde::Deserialize;
 
+use crate::lock::state::LockCommand;
+use crate::lock::state::LockResult;
 use crate::raft::node::ClusterError;
 use crate::raft::node::RaftNode;
 use crate::raft::Command;
 use crate::raft::CommandResult;
 use crate::raft::NodeId;
+
+/// The local API of an agent with the consul backend (no Raft node): health
+/// is whether the Consul agent answers and knows a leader.
+pub fn consul_mode_router(cfg: &crate::config::Config) -> Router {
+    let state = Arc::new(ConsulMode {
+        url: cfg.lock.consul_url.trim_end_matches('/').to_string(),
+        name: cfg.name.clone(),
+        role: cfg.role,
+        http: reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(3))
+            .build()
+            .unwrap_or_default(),
+    });
+    Router::new()
+        .route("/health", get(consul_health))
+        .route("/v1/status", get(consul_status))
+        .route("/metrics", get(consul_metrics))
+        .with_state(state)
+}
+
+struct ConsulMode {
+    url: String,
+    name: String,
+    role: crate::raft::Role,
+    http: reqwest::Client,
+}
+
+impl ConsulMode {
+    /// The Consul leader's address, or why there is none.
+    async fn leader(&self) -> Result<String, String> {
+        let resp = self
+            .http
+            .get(format!("{}/v1/status/leader", self.url))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let leader: String = resp.json().await.map_err(|e| e.to_string())?;
+        if leader.is_empty() {
+            Err("Consul has no leader".to_string())
+        } else {
+            Ok(leader)
+        }
+    }
+}
+
+async fn consul_health(State(c): State<Arc<ConsulMode>>) -> Response {
+    match c.leader().await {
+        Ok(_) => (StatusCode::OK, "OK\n").into_response(),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("consul at {}: {why}\n", c.url)).into_response(),
+    }
+}
+
+async fn consul_status(State(c): State<Arc<ConsulMode>>) -> Response {
+    let leader = c.leader().await;
+    Json(serde_json::json!({
+        "name": c.name,
+        "role": c.role,
+        "lock_backend": "consul",
+        "consul_url": c.url,
+        "consul_leader": leader.as_ref().ok(),
+        "consul_error": leader.err(),
+    }))
+    .into_response()
+}
+
+async fn consul_metrics(State(_): State<Arc<ConsulMode>>) -> Response {
+    let body = format!(
+        "# HELP failoverd_build_info Build information (always 1).\n# TYPE failoverd_build_info gauge\nfailoverd_build_info{{version=\"{}\"}} 1\n# EOF\n",
+        env!("CARGO_PKG_VERSION")
+    );
+    ([("content-type", "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
+}
 
 /// What every handler can reach.
 pub struct ApiState {
@@ -135,7 +209,7 @@ async fn remove_member(State(api): State<Arc<ApiState>>, Path(id): Path<String>)
 
 async fn kv_get(State(api): State<Arc<ApiState>>, Path(key): Path<String>) -> ApiResult {
     let applied = api.node.state().read();
-    match applied.state.kv.get(&key) {
+    match applied.state.lock.kv.get(&key) {
         Some(entry) => {
             let index = entry.modify_index.to_string();
             Ok(([("x-failoverd-index", index)], entry.value.clone()).into_response())
@@ -145,28 +219,39 @@ async fn kv_get(State(api): State<Arc<ApiState>>, Path(key): Path<String>) -> Ap
 }
 
 async fn kv_put(State(api): State<Arc<ApiState>>, Path(key): Path<String>, body: Bytes) -> ApiResult {
-    match api
-        .node
-        .write(Command::Put {
-            key,
-            value: body.to_vec(),
-        })
-        .await?
-    {
-        CommandResult::Written { index } => Ok(Json(serde_json::json!({ "index": index })).into_response()),
-        other => Err(ApiError(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("unexpected result {other:?}"),
-        )),
+    let cmd = LockCommand::KvSet {
+        key,
+        value: body.to_vec(),
+        flags: 0,
+        cas: None,
+    };
+    match api.node.write(Command::Lock(cmd)).await? {
+        CommandResult::Lock {
+            index,
+            result: LockResult::Bool(true),
+        } => Ok(Json(serde_json::json!({ "index": index })).into_response()),
+        other => Err(unexpected(other)),
     }
 }
 
 async fn kv_delete(State(api): State<Arc<ApiState>>, Path(key): Path<String>) -> ApiResult {
-    match api.node.write(Command::Delete { key }).await? {
-        CommandResult::Deleted(existed) => Ok(Json(serde_json::json!({ "deleted": existed })).into_response()),
-        other => Err(ApiError(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("unexpected result {other:?}"),
-        )),
+    let cmd = LockCommand::KvDelete {
+        key,
+        recurse: false,
+        cas: None,
+    };
+    match api.node.write(Command::Lock(cmd)).await? {
+        CommandResult::Lock {
+            index,
+            result: LockResult::Bool(deleted),
+        } => Ok(Json(serde_json::json!({ "deleted": deleted, "index": index })).into_response()),
+        other => Err(unexpected(other)),
     }
+}
+
+fn unexpected(result: CommandResult) -> ApiError {
+    ApiError(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        format!("unexpected result {result:?}"),
+    )
 }

@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod client;
 pub mod demo;
+pub mod lock;
 pub mod members;
 pub mod status;
 pub mod tls;

@@ -12,6 +12,9 @@ use serde::Serialize;
 
 use super::NodeId;
 use super::Role;
+use crate::lock::state::LockCommand;
+use crate::lock::state::LockResult;
+use crate::lock::state::LockState;
 
 /// A state-machine command, proposed by the leader and applied on every node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,18 +34,8 @@ pub enum Command {
         /// Validator or arbiter.
         role: Role,
     },
-    /// Set `key` to `value`.
-    Put {
-        /// Key, any UTF-8 string.
-        key: String,
-        /// Opaque value.
-        value: Vec<u8>,
-    },
-    /// Remove `key`.
-    Delete {
-        /// Key to remove.
-        key: String,
-    },
+    /// A lock-service command (sessions and KV).
+    Lock(LockCommand),
 }
 
 /// What applying a command produced; returned to the client that proposed it.
@@ -58,8 +51,13 @@ pub enum CommandResult {
         /// Raft log index of the write.
         index: u64,
     },
-    /// Whether a delete removed an existing key.
-    Deleted(bool),
+    /// The outcome of a lock command and the log index it was applied at.
+    Lock {
+        /// Raft log index of the command.
+        index: u64,
+        /// What the command produced.
+        result: LockResult,
+    },
 }
 
 /// Name and role of a node, as it registered itself.
@@ -71,15 +69,6 @@ pub struct NodeMeta {
     pub role: Role,
 }
 
-/// One stored value and the log index that last wrote it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Entry {
-    /// The value bytes.
-    pub value: Vec<u8>,
-    /// Log index of the last write.
-    pub modify_index: u64,
-}
-
 /// The whole replicated application state.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppState {
@@ -87,8 +76,8 @@ pub struct AppState {
     pub cluster_id: Option<String>,
     /// Node names and roles, keyed by node id.
     pub nodes: BTreeMap<NodeId, NodeMeta>,
-    /// The replicated key-value map.
-    pub kv: BTreeMap<String, Entry>,
+    /// Sessions and KV of the lock service.
+    pub lock: LockState,
 }
 
 impl AppState {
@@ -107,15 +96,10 @@ impl AppState {
                 self.nodes.insert(*node_id, meta);
                 CommandResult::Written { index }
             }
-            Command::Put { key, value } => {
-                let entry = Entry {
-                    value: value.clone(),
-                    modify_index: index,
-                };
-                self.kv.insert(key.clone(), entry);
-                CommandResult::Written { index }
-            }
-            Command::Delete { key } => CommandResult::Deleted(self.kv.remove(key).is_some()),
+            Command::Lock(cmd) => CommandResult::Lock {
+                index,
+                result: self.lock.apply(index, cmd),
+            },
         }
     }
 
@@ -153,19 +137,24 @@ mod tests {
         assert_eq!(state.cluster_id.as_deref(), Some("a"));
     }
 
-    /// Writes record their log index; deletes report whether a key existed.
+    /// Lock commands are applied with their log index.
     #[test]
-    fn put_and_delete() {
+    fn lock_commands_carry_their_index() {
         let mut state = AppState::default();
-        let put = Command::Put {
+        let put = Command::Lock(LockCommand::KvSet {
             key: "k".into(),
             value: b"v".to_vec(),
-        };
-        assert_eq!(state.apply(7, &put), CommandResult::Written { index: 7 });
-        assert_eq!(state.kv["k"].modify_index, 7);
-        let del = Command::Delete { key: "k".into() };
-        assert_eq!(state.apply(8, &del), CommandResult::Deleted(true));
-        assert_eq!(state.apply(9, &del), CommandResult::Deleted(false));
+            flags: 0,
+            cas: None,
+        });
+        assert_eq!(
+            state.apply(7, &put),
+            CommandResult::Lock {
+                index: 7,
+                result: LockResult::Bool(true)
+            }
+        );
+        assert_eq!(state.lock.kv["k"].modify_index, 7);
     }
 
     /// Two states built by the same commands have the same digest; a different
@@ -174,13 +163,13 @@ mod tests {
     fn digest_tracks_content() {
         let build = |v: &[u8]| {
             let mut s = AppState::default();
-            s.apply(
-                1,
-                &Command::Put {
-                    key: "k".into(),
-                    value: v.to_vec(),
-                },
-            );
+            let cmd = LockCommand::KvSet {
+                key: "k".into(),
+                value: v.to_vec(),
+                flags: 0,
+                cas: None,
+            };
+            s.apply(1, &Command::Lock(cmd));
             s
         };
         assert_eq!(build(b"x").digest(), build(b"x").digest());

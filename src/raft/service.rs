@@ -33,6 +33,8 @@ use super::peers::TO_HEADER;
 use super::Command;
 use super::NodeId;
 use super::TypeConfig;
+use crate::lock::service::LeaderRequest;
+use crate::lock::service::LockService;
 
 /// Largest message a peer may send: snapshot chunks and entry batches.
 pub const MAX_MESSAGE: usize = 64 * 1024 * 1024;
@@ -41,12 +43,13 @@ pub const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 #[derive(Clone)]
 pub struct PeerService {
     node: Arc<RaftNode>,
+    lock: Arc<LockService>,
 }
 
 impl PeerService {
-    /// A service for `node`.
-    pub fn new(node: Arc<RaftNode>) -> Self {
-        PeerService { node }
+    /// A service for `node` and its lock service.
+    pub fn new(node: Arc<RaftNode>, lock: Arc<LockService>) -> Self {
+        PeerService { node, lock }
     }
 
     /// Admits a call from a peer of our cluster; refuses and logs any other.
@@ -154,6 +157,12 @@ impl Cluster for PeerService {
         reply(&result)
     }
 
+    async fn lock(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        self.admit(&req)?;
+        let request: LeaderRequest = decode(req.get_ref())?;
+        reply(&self.lock.on_leader(request).await)
+    }
+
     async fn add_member(&self, req: Request<pb::AddMemberRequest>) -> Result<Response<pb::MembershipReply>, Status> {
         self.admit(&req)?;
         let pb::AddMemberRequest { node_id, addr } = req.into_inner();
@@ -207,6 +216,7 @@ impl Cluster for PeerService {
 /// Serves both services on `incoming` until `shutdown` resolves.
 pub async fn serve<IO, IE>(
     node: Arc<RaftNode>,
+    lock: Arc<LockService>,
     incoming: impl tokio_stream::Stream<Item = Result<IO, IE>>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error>
@@ -214,7 +224,7 @@ where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + tonic::transport::server::Connected + Unpin + Send + 'static,
     IE: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let service = PeerService::new(node);
+    let service = PeerService::new(node, lock);
     let raft = pb::raft_server::RaftServer::new(service.clone())
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);

@@ -37,6 +37,8 @@ pub struct Agent {
     pub role: &'static str,
     pub peer_addr: String,
     pub api_addr: String,
+    /// The Consul-compatible API address.
+    pub consul_addr: String,
     pub data_dir: PathBuf,
     pub config: PathBuf,
     pub log: PathBuf,
@@ -116,7 +118,7 @@ impl Cluster {
         let a = &self.agents[i];
         let members = if a.initial { self.members_toml.as_str() } else { "[]" };
         let text = format!(
-            "node_id = {}\nname = \"{}\"\nrole = \"{}\"\ndata_dir = \"{}\"\n\n[cluster]\nlisten = \"{}\"\ninitial_members = {}\n{}\n[api]\nlisten = \"{}\"\n",
+            "node_id = {}\nname = \"{}\"\nrole = \"{}\"\ndata_dir = \"{}\"\n\n[cluster]\nlisten = \"{}\"\ninitial_members = {}\n{}\n[api]\nlisten = \"{}\"\n\n[consul_api]\nlisten = \"{}\"\n",
             a.id,
             a.name,
             a.role,
@@ -125,6 +127,7 @@ impl Cluster {
             members,
             a.extra_toml,
             a.api_addr,
+            a.consul_addr,
         );
         std::fs::write(&a.config, text).expect("write config");
     }
@@ -323,6 +326,7 @@ fn new_agent(dir: &Path, id: u64, role: &'static str, initial: bool) -> Agent {
         role,
         peer_addr: format!("127.0.0.1:{}", free_port()),
         api_addr: format!("127.0.0.1:{}", free_port()),
+        consul_addr: format!("127.0.0.1:{}", free_port()),
         data_dir: dir.join(format!("data{id}")),
         config: dir.join(format!("node{id}.toml")),
         log: dir.join(format!("node{id}.log")),

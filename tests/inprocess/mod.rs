@@ -331,7 +331,7 @@ impl TestCluster {
 
     /// The value of `key` in node `id`'s applied state.
     pub fn value(&self, id: NodeId, key: &str) -> Option<Vec<u8>> {
-        self.node(id).state.read().state.kv.get(key).map(|e| e.value.clone())
+        self.node(id).state.read().state.lock.kv.get(key).map(|e| e.value.clone())
     }
 
     /// How many install_snapshot RPCs have been delivered to `id`.
@@ -471,10 +471,12 @@ impl TestCluster {
 
 /// A put of `value` under `key`.
 pub fn put(key: &str, value: &str) -> Command {
-    Command::Put {
+    Command::Lock(failoverd::lock::state::LockCommand::KvSet {
         key: key.into(),
         value: value.as_bytes().to_vec(),
-    }
+        flags: 0,
+        cas: None,
+    })
 }
 
 /// Polls `check` until it yields a value; panics naming `what` after `PATIENCE`.
