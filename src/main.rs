@@ -19,6 +19,7 @@ fn main() {
         Command::Members(args) => edge(async { failoverd::cli::members::run(args).await }),
         Command::Tls(args) => report(failoverd::cli::tls::run(args)),
         Command::Demo(args) => edge(async { failoverd::cli::demo::run(args).await }),
+        Command::Lock(args) => failoverd::cli::lock::main(args),
     };
     std::process::exit(code);
 }

@@ -33,4 +33,6 @@ pub enum Command {
     Tls(tls::TlsArgs),
     /// Run a three-node cluster on loopback, crash its leader, and watch it recover.
     Demo(demo::DemoArgs),
+    /// Run a command only while holding a lock (like `consul lock`).
+    Lock(lock::LockArgs),
 }
