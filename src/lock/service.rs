@@ -338,12 +338,12 @@ impl LockService {
     /// Confirms with a quorum that this node still leads, and waits until it
     /// has applied everything committed before now.
     async fn confirm_leadership(&self) -> Result<(), LockError> {
-        self.node
-            .raft()
-            .ensure_linearizable()
-            .await
-            .map(|_| ())
-            .map_err(|_| LockError::NoLeader)
+        // A leader cut off from the majority never gets the confirmation;
+        // give up after two lease periods rather than hang.
+        match tokio::time::timeout(self.lease * 2, self.node.raft().ensure_linearizable()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) | Err(_) => Err(LockError::NoLeader),
+        }
     }
 
     /// Renew: reset the timer, then get a quorum's confirmation that this
