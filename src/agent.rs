@@ -20,17 +20,30 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::api;
+use crate::api::metrics::AgentMetrics;
+use crate::api::ApiParts;
 use crate::config::BackendKind;
 use crate::config::Config;
 use crate::config::ConfigError;
 use crate::config::EXIT_CONFIG;
 use crate::consul_api;
+use crate::lock::backend::LockBackend;
+use crate::lock::consul_backend::read_token_file;
+use crate::lock::consul_backend::ConsulBackend;
+use crate::lock::raft_backend::RaftBackend;
 use crate::lock::service::LockService;
 use crate::raft::data_dir::DataDir;
 use crate::raft::node::RaftNode;
 use crate::raft::service;
 use crate::raft::tls::TlsError;
 use crate::raft::tls::TlsMaterial;
+use crate::raft::Role;
+use crate::supervisor::neard::NeardHome;
+use crate::supervisor::run::default_key;
+use crate::supervisor::run::Identity;
+use crate::supervisor::run::Supervisor;
+use crate::supervisor::status::SupervisorHandle;
+use crate::supervisor::status::SupervisorMetrics;
 
 /// Exit code for a data dir that cannot be used (`EX_DATAERR`).
 pub const EXIT_DATA: i32 = 65;
@@ -121,6 +134,9 @@ pub struct Agent {
     pub node: Option<Arc<RaftNode>>,
     /// The lock service (raft backend only).
     pub lock: Option<Arc<LockService>>,
+    /// The validator supervisor (validators with `[neard]`).
+    pub supervisor: Option<SupervisorHandle>,
+    supervisor_task: Option<JoinHandle<()>>,
     dir: Option<DataDir>,
     stop_tx: watch::Sender<bool>,
     /// Servers whose early end is a failure.
@@ -134,33 +150,45 @@ impl Agent {
     pub async fn start(p: Prepared) -> Result<Agent, Exit> {
         let Prepared { cfg, raft } = p;
         let (stop_tx, stop_rx) = watch::channel(false);
-        let stopped = |mut rx: watch::Receiver<bool>| async move {
-            let _ = rx.wait_for(|stop| *stop).await;
-        };
         let mut agent = Agent {
-            cfg,
+            cfg: cfg.clone(),
             node: None,
             lock: None,
+            supervisor: None,
+            supervisor_task: None,
             dir: None,
             stop_tx,
             servers: Vec::new(),
             tasks: Vec::new(),
         };
+        let mut metrics = AgentMetrics::default();
+        let api_listener = bind("api.listen", cfg.api.listen).await?;
         let Some(RaftParts { dir, tls, fresh }) = raft else {
-            let api_listener = bind("api.listen", agent.cfg.api.listen).await?;
-            let app = api::consul_mode_router(&agent.cfg);
-            let stop = stopped(stop_rx);
-            agent.servers.push((
-                "API",
-                tokio::spawn(async move { axum::serve(api_listener, app).with_graceful_shutdown(stop).await }),
-            ));
-            let cfg = &agent.cfg;
+            let token = match &cfg.lock.consul_token_file {
+                Some(path) => read_token_file(path).map_err(|e| config_exit(cfg.error("lock.consul_token_file", e)))?,
+                None => None,
+            };
+            let backend = ConsulBackend::new(&cfg.lock.consul_url, token, cfg.name.clone())
+                .map_err(|e| config_exit(cfg.error("lock.consul_url", e.to_string())))?;
+            if let Some(path) = cfg.lock.consul_token_file.clone() {
+                agent
+                    .tasks
+                    .push(tokio::spawn(reload_token_on_sighup(backend.clone(), path)));
+            }
+            agent.start_supervisor(backend, 0, &mut metrics, stop_rx.clone())?;
+            let parts = ApiParts {
+                node: None,
+                consul_url: Some(cfg.lock.consul_url.clone()),
+                name: cfg.name.clone(),
+                role: cfg.role,
+                metrics,
+                supervisor: agent.supervisor.clone(),
+            };
+            agent.serve("API", api_listener, api::router(parts), stop_rx);
             tracing::info!(name = %cfg.name, role = %cfg.role, consul = %cfg.lock.consul_url, api = %cfg.api.listen, "agent started (lock backend: consul, no Raft node)");
             return Ok(agent);
         };
-        let cfg = agent.cfg.clone();
         let peer_listener = bind("cluster.listen", cfg.cluster.listen).await?;
-        let api_listener = bind("api.listen", cfg.api.listen).await?;
         let consul_listener = match cfg.consul_api.listen {
             Some(addr) => Some(bind("consul_api.listen", addr).await?),
             None => None,
@@ -182,18 +210,12 @@ impl Agent {
         agent.servers.push(("peer", peer));
         if let Some(listener) = consul_listener {
             let app = consul_api::router(lock.clone(), &cfg).map_err(config_exit)?;
-            let stop = stopped(stop_rx.clone());
-            let server = tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stop).await });
-            agent.servers.push(("Consul API", server));
+            agent.serve("Consul API", listener, app, stop_rx.clone());
         }
-        let app = api::router(node.clone());
-        let stop = stopped(stop_rx.clone());
-        agent.servers.push((
-            "API",
-            tokio::spawn(async move { axum::serve(api_listener, app).with_graceful_shutdown(stop).await }),
-        ));
         agent.tasks.push(tokio::spawn(lock.clone().run_clock(stop_rx.clone())));
-        agent.tasks.push(tokio::spawn(node.clone().housekeeping(stop_rx)));
+        agent
+            .tasks
+            .push(tokio::spawn(node.clone().housekeeping(stop_rx.clone())));
 
         if fresh && !cfg.cluster.initial_members.is_empty() {
             node.bootstrap(&cfg.cluster.initial_members)
@@ -202,6 +224,17 @@ impl Agent {
         } else if fresh {
             tracing::info!("no initial_members: waiting to be added with `failoverd members add`");
         }
+        let backend = RaftBackend::new(lock.clone(), cfg.name.clone());
+        agent.start_supervisor(backend, cfg.node_id, &mut metrics, stop_rx.clone())?;
+        let parts = ApiParts {
+            node: Some(node.clone()),
+            consul_url: None,
+            name: cfg.name.clone(),
+            role: cfg.role,
+            metrics,
+            supervisor: agent.supervisor.clone(),
+        };
+        agent.serve("API", api_listener, api::router(parts), stop_rx);
         tracing::info!(
             node_id = cfg.node_id,
             name = %cfg.name,
@@ -210,6 +243,7 @@ impl Agent {
             advertise = %cfg.cluster.advertise,
             api = %cfg.api.listen,
             consul_api = ?cfg.consul_api.listen,
+            supervisor = agent.supervisor.is_some(),
             tls = tls.is_some(),
             "agent started"
         );
@@ -217,6 +251,59 @@ impl Agent {
         agent.lock = Some(lock);
         agent.dir = Some(dir);
         Ok(agent)
+    }
+
+    fn serve(&mut self, name: &'static str, listener: TcpListener, app: axum::Router, stop_rx: watch::Receiver<bool>) {
+        let stop = stopped(stop_rx);
+        let server = tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stop).await });
+        self.servers.push((name, server));
+    }
+
+    /// Starts the validator supervisor on validators with a `[neard]` section.
+    fn start_supervisor<B: LockBackend + Clone>(
+        &mut self,
+        backend: B,
+        node_id: u64,
+        metrics: &mut AgentMetrics,
+        stop_rx: watch::Receiver<bool>,
+    ) -> Result<(), Exit> {
+        let cfg = &self.cfg;
+        let Some(neard) = cfg.neard.clone() else {
+            if cfg.role == Role::Validator {
+                tracing::warn!("no [neard] section: this validator runs no supervisor (Raft voter only)");
+            }
+            return Ok(());
+        };
+        if cfg.role == Role::Arbiter {
+            tracing::info!("arbiter: the [neard] section is ignored; no neard, no lock session");
+            return Ok(());
+        }
+        let home = NeardHome::new(neard);
+        home.check()
+            .map_err(|e| config_exit(cfg.error("neard", e.to_string())))?;
+        let key = match &cfg.lock.key {
+            Some(key) => key.clone(),
+            None => default_key(
+                &home
+                    .account_id()
+                    .map_err(|e| config_exit(cfg.error("neard.validator_key", e.to_string())))?,
+            ),
+        };
+        let fence = std::env::current_exe().map_err(|e| exit(1, format!("cannot find the failoverd binary: {e}")))?;
+        let (handover_tx, handover_rx) = tokio::sync::mpsc::channel(4);
+        let handle = SupervisorHandle {
+            status: Default::default(),
+            metrics: SupervisorMetrics::register(metrics.registry_mut()),
+            handover: handover_tx,
+        };
+        let me = Identity {
+            name: cfg.name.clone(),
+            node_id,
+        };
+        let supervisor = Supervisor::new(backend, home, cfg.lock.lease, key, me, fence, handle.clone());
+        self.supervisor_task = Some(tokio::spawn(supervisor.run(stop_rx, handover_rx)));
+        self.supervisor = Some(handle);
+        Ok(())
     }
 
     /// Resolves if a server ends on its own (a failure); names it.
@@ -235,6 +322,14 @@ impl Agent {
     /// Stops accepting, stops Raft, flushes. Each step is bounded.
     pub async fn stop(self) {
         let _ = self.stop_tx.send(true);
+        // The supervisor stops neard and releases the lock first: it needs the
+        // lock service, so everything else waits for it (bounded).
+        if let Some(task) = self.supervisor_task {
+            let limit = self.cfg.neard.as_ref().map_or(Duration::ZERO, |n| n.stop_timeout) + STOP_STEP * 2;
+            if tokio::time::timeout(limit, task).await.is_err() {
+                tracing::warn!("the supervisor did not stop in {limit:?}");
+            }
+        }
         for task in &self.tasks {
             task.abort();
         }
@@ -262,6 +357,27 @@ impl Agent {
             }
         }
         tracing::info!("stopped");
+    }
+}
+
+/// Resolves when the stop flag is raised.
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+/// Re-reads the Consul token file on every SIGHUP.
+async fn reload_token_on_sighup(backend: ConsulBackend, path: std::path::PathBuf) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match read_token_file(&path) {
+            Ok(token) => {
+                backend.set_token(token);
+                tracing::info!(file = %path.display(), "SIGHUP: re-read the Consul token");
+            }
+            Err(e) => tracing::error!(error = %e, "SIGHUP: cannot re-read the Consul token; keeping the old one"),
+        }
     }
 }
 

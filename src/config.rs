@@ -39,6 +39,12 @@ pub struct Defaults {
     pub consul_api_listen: &'static str,
     /// `consul_api.session_ttl_min`.
     pub session_ttl_min: Duration,
+    /// `lock.session_ttl`.
+    pub session_ttl: Duration,
+    /// `neard.stop_timeout`.
+    pub neard_stop_timeout: Duration,
+    /// `neard.unhealthy_limit`.
+    pub neard_unhealthy_limit: Duration,
 }
 
 /// The defaults. Timings are chosen for validators in different data centres:
@@ -54,6 +60,9 @@ pub const DEFAULTS: Defaults = Defaults {
     consul_url: "http://127.0.0.1:8500",
     consul_api_listen: "127.0.0.1:8500",
     session_ttl_min: Duration::from_secs(10),
+    session_ttl: Duration::from_secs(6),
+    neard_stop_timeout: Duration::from_secs(30),
+    neard_unhealthy_limit: Duration::from_secs(15),
 };
 
 /// A configuration value that cannot be used.
@@ -83,8 +92,10 @@ pub struct Config {
     pub cluster: ClusterConfig,
     /// Local HTTP API.
     pub api: ApiConfig,
-    /// Which lock service to use.
+    /// Which lock service to use, and the validator lease.
     pub lock: LockConfig,
+    /// neard (validators only; `None` when the section is absent).
+    pub neard: Option<NeardConfig>,
     /// The Consul-compatible HTTP API (raft backend only).
     pub consul_api: ConsulApiConfig,
     /// Where each key came from, for error messages.
@@ -111,6 +122,64 @@ pub struct LockConfig {
     pub consul_url: String,
     /// File holding the Consul ACL token; re-read on SIGHUP.
     pub consul_token_file: Option<PathBuf>,
+    /// The validator lock's key; `None`: `failoverd/validator/<account_id>`.
+    pub key: Option<String>,
+    /// The lease: session TTL, renew cadence, lock-delay, fence margin.
+    pub lease: LeaseConfig,
+}
+
+/// The validator lease timings. `renew_interval`, `lock_delay` and
+/// `fence_margin` default to fractions of `session_ttl` (1/6, 1/3, 1/3), so
+/// setting `session_ttl` alone gives a consistent profile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseConfig {
+    /// The session TTL: the server never invalidates earlier than this after a renew.
+    pub session_ttl: Duration,
+    /// How often the holder (and standbys) renew.
+    pub renew_interval: Duration,
+    /// After an invalidation nobody may acquire the key for this long.
+    pub lock_delay: Duration,
+    /// The holder kills its signer at `last renew sent + session_ttl - fence_margin`.
+    pub fence_margin: Duration,
+}
+
+impl LeaseConfig {
+    /// The profile for `session_ttl` with every other value at its default fraction.
+    pub fn from_ttl(session_ttl: Duration) -> Self {
+        LeaseConfig {
+            session_ttl,
+            renew_interval: session_ttl / 6,
+            lock_delay: session_ttl / 3,
+            fence_margin: session_ttl / 3,
+        }
+    }
+}
+
+/// `[neard]`: how to run neard (validators only).
+#[derive(Debug, Clone)]
+pub struct NeardConfig {
+    /// Path of the neard binary, or a name looked up on PATH.
+    pub binary: PathBuf,
+    /// neard's home directory.
+    pub home: PathBuf,
+    /// The pool's validator key (same file on every validator host).
+    pub validator_key: PathBuf,
+    /// The node key used while validating (same on every validator host).
+    pub validator_node_key: PathBuf,
+    /// This host's own node key, used while voting.
+    pub voter_node_key: PathBuf,
+    /// `network.addr` while validating.
+    pub validator_network_addr: String,
+    /// `network.addr` while voting.
+    pub voter_network_addr: String,
+    /// If set, written to `network.public_addrs` while validating.
+    pub public_address: String,
+    /// Passed as `--boot-nodes` when not empty.
+    pub boot_nodes: String,
+    /// SIGTERM -> SIGKILL on a planned stop.
+    pub stop_timeout: Duration,
+    /// The holder steps down if neard stays unhealthy or syncing this long.
+    pub unhealthy_limit: Duration,
 }
 
 /// `[consul_api]`: the Consul-compatible HTTP API every raft-backed agent serves.
@@ -238,6 +307,54 @@ pub struct ConfigArgs {
     /// File with the token the Consul-compatible API requires.
     #[arg(long, env = "FAILOVERD_CONSUL_API_TOKEN_FILE")]
     pub consul_api_token_file: Option<PathBuf>,
+    /// The validator lock key (default failoverd/validator/<account_id>).
+    #[arg(long, env = "FAILOVERD_LOCK_KEY")]
+    pub lock_key: Option<String>,
+    /// Validator session TTL (default 6s).
+    #[arg(long, env = "FAILOVERD_LOCK_SESSION_TTL")]
+    pub lock_session_ttl: Option<String>,
+    /// Renew interval (default session_ttl/6).
+    #[arg(long, env = "FAILOVERD_LOCK_RENEW_INTERVAL")]
+    pub lock_renew_interval: Option<String>,
+    /// Lock-delay (default session_ttl/3).
+    #[arg(long, env = "FAILOVERD_LOCK_LOCK_DELAY")]
+    pub lock_lock_delay: Option<String>,
+    /// Fence margin (default session_ttl/3).
+    #[arg(long, env = "FAILOVERD_LOCK_FENCE_MARGIN")]
+    pub lock_fence_margin: Option<String>,
+    /// neard binary (default "neard" on PATH).
+    #[arg(long, env = "FAILOVERD_NEARD_BINARY")]
+    pub neard_binary: Option<String>,
+    /// neard home (default /var/lib/neard).
+    #[arg(long, env = "FAILOVERD_NEARD_HOME")]
+    pub neard_home: Option<String>,
+    /// The pool's validator key file.
+    #[arg(long, env = "FAILOVERD_NEARD_VALIDATOR_KEY")]
+    pub neard_validator_key: Option<String>,
+    /// The validator node key file.
+    #[arg(long, env = "FAILOVERD_NEARD_VALIDATOR_NODE_KEY")]
+    pub neard_validator_node_key: Option<String>,
+    /// This host's voter node key file.
+    #[arg(long, env = "FAILOVERD_NEARD_VOTER_NODE_KEY")]
+    pub neard_voter_node_key: Option<String>,
+    /// network.addr while validating (default 0.0.0.0:24567).
+    #[arg(long, env = "FAILOVERD_NEARD_VALIDATOR_NETWORK_ADDR")]
+    pub neard_validator_network_addr: Option<String>,
+    /// network.addr while voting (default 0.0.0.0:24568).
+    #[arg(long, env = "FAILOVERD_NEARD_VOTER_NETWORK_ADDR")]
+    pub neard_voter_network_addr: Option<String>,
+    /// Public IP written to network.public_addrs while validating.
+    #[arg(long, env = "FAILOVERD_NEARD_PUBLIC_ADDRESS")]
+    pub neard_public_address: Option<String>,
+    /// neard --boot-nodes.
+    #[arg(long, env = "FAILOVERD_NEARD_BOOT_NODES")]
+    pub neard_boot_nodes: Option<String>,
+    /// SIGTERM -> SIGKILL wait on a planned neard stop (default 30s).
+    #[arg(long, env = "FAILOVERD_NEARD_STOP_TIMEOUT")]
+    pub neard_stop_timeout: Option<String>,
+    /// Step down after neard is unhealthy or syncing this long (default 15s).
+    #[arg(long, env = "FAILOVERD_NEARD_UNHEALTHY_LIMIT")]
+    pub neard_unhealthy_limit: Option<String>,
 }
 
 /// The file's shape: every key optional, unknown keys refused.
@@ -256,6 +373,7 @@ struct FileConfig {
     lock: FileLock,
     #[serde(default)]
     consul_api: FileConsulApi,
+    neard: Option<FileNeard>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -264,6 +382,27 @@ struct FileLock {
     backend: Option<BackendKind>,
     consul_url: Option<String>,
     consul_token_file: Option<PathBuf>,
+    key: Option<String>,
+    session_ttl: Option<String>,
+    renew_interval: Option<String>,
+    lock_delay: Option<String>,
+    fence_margin: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileNeard {
+    binary: Option<PathBuf>,
+    home: Option<PathBuf>,
+    validator_key: Option<PathBuf>,
+    validator_node_key: Option<PathBuf>,
+    voter_node_key: Option<PathBuf>,
+    validator_network_addr: Option<String>,
+    voter_network_addr: Option<String>,
+    public_address: Option<String>,
+    boot_nodes: Option<String>,
+    stop_timeout: Option<String>,
+    unhealthy_limit: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -500,6 +639,113 @@ pub fn load(args: &ConfigArgs, sources: &dyn ArgSource) -> Result<Config, Config
             *slot = Some(v.clone());
         }
     }
+    for (value, slot, key, id) in [
+        (&args.lock_key, &mut file.lock.key, "lock.key", "lock_key"),
+        (
+            &args.lock_session_ttl,
+            &mut file.lock.session_ttl,
+            "lock.session_ttl",
+            "lock_session_ttl",
+        ),
+        (
+            &args.lock_renew_interval,
+            &mut file.lock.renew_interval,
+            "lock.renew_interval",
+            "lock_renew_interval",
+        ),
+        (
+            &args.lock_lock_delay,
+            &mut file.lock.lock_delay,
+            "lock.lock_delay",
+            "lock_lock_delay",
+        ),
+        (
+            &args.lock_fence_margin,
+            &mut file.lock.fence_margin,
+            "lock.fence_margin",
+            "lock_fence_margin",
+        ),
+    ] {
+        if let Some(v) = value {
+            if let Some(src) = sources.source(id) {
+                origins.overridden.push((key, src));
+            }
+            *slot = Some(v.clone());
+        }
+    }
+    let neard_args = [
+        &args.neard_binary,
+        &args.neard_home,
+        &args.neard_validator_key,
+        &args.neard_validator_node_key,
+        &args.neard_voter_node_key,
+        &args.neard_validator_network_addr,
+        &args.neard_voter_network_addr,
+        &args.neard_public_address,
+        &args.neard_boot_nodes,
+        &args.neard_stop_timeout,
+        &args.neard_unhealthy_limit,
+    ];
+    if neard_args.iter().any(|a| a.is_some()) {
+        let n = file.neard.get_or_insert_with(FileNeard::default);
+        let path = |v: &Option<String>| v.as_ref().map(PathBuf::from);
+        let mut set = |v: &Option<String>, id: &'static str, key: &'static str| {
+            if v.is_some() {
+                if let Some(src) = sources.source(id) {
+                    origins.overridden.push((key, src));
+                }
+            }
+        };
+        set(&args.neard_binary, "neard_binary", "neard.binary");
+        set(&args.neard_home, "neard_home", "neard.home");
+        set(&args.neard_validator_key, "neard_validator_key", "neard.validator_key");
+        set(
+            &args.neard_validator_node_key,
+            "neard_validator_node_key",
+            "neard.validator_node_key",
+        );
+        set(
+            &args.neard_voter_node_key,
+            "neard_voter_node_key",
+            "neard.voter_node_key",
+        );
+        set(
+            &args.neard_validator_network_addr,
+            "neard_validator_network_addr",
+            "neard.validator_network_addr",
+        );
+        set(
+            &args.neard_voter_network_addr,
+            "neard_voter_network_addr",
+            "neard.voter_network_addr",
+        );
+        set(
+            &args.neard_public_address,
+            "neard_public_address",
+            "neard.public_address",
+        );
+        set(&args.neard_boot_nodes, "neard_boot_nodes", "neard.boot_nodes");
+        set(&args.neard_stop_timeout, "neard_stop_timeout", "neard.stop_timeout");
+        set(
+            &args.neard_unhealthy_limit,
+            "neard_unhealthy_limit",
+            "neard.unhealthy_limit",
+        );
+        n.binary = path(&args.neard_binary).or(n.binary.take());
+        n.home = path(&args.neard_home).or(n.home.take());
+        n.validator_key = path(&args.neard_validator_key).or(n.validator_key.take());
+        n.validator_node_key = path(&args.neard_validator_node_key).or(n.validator_node_key.take());
+        n.voter_node_key = path(&args.neard_voter_node_key).or(n.voter_node_key.take());
+        n.validator_network_addr = args
+            .neard_validator_network_addr
+            .clone()
+            .or(n.validator_network_addr.take());
+        n.voter_network_addr = args.neard_voter_network_addr.clone().or(n.voter_network_addr.take());
+        n.public_address = args.neard_public_address.clone().or(n.public_address.take());
+        n.boot_nodes = args.neard_boot_nodes.clone().or(n.boot_nodes.take());
+        n.stop_timeout = args.neard_stop_timeout.clone().or(n.stop_timeout.take());
+        n.unhealthy_limit = args.neard_unhealthy_limit.clone().or(n.unhealthy_limit.take());
+    }
     build(file, origins)?.validate()
 }
 
@@ -652,6 +898,48 @@ fn build(file: FileConfig, origins: Origins) -> Result<Config, ConfigError> {
     let api_listen: SocketAddr = api_text
         .parse()
         .map_err(|_| origins.error("api.listen", format!("{api_text:?} is not an IP:PORT socket address")))?;
+    let session_ttl = duration("lock.session_ttl", file.lock.session_ttl.clone(), DEFAULTS.session_ttl)?;
+    let profile = LeaseConfig::from_ttl(session_ttl);
+    let lease = LeaseConfig {
+        session_ttl,
+        renew_interval: duration(
+            "lock.renew_interval",
+            file.lock.renew_interval.clone(),
+            profile.renew_interval,
+        )?,
+        lock_delay: duration("lock.lock_delay", file.lock.lock_delay.clone(), profile.lock_delay)?,
+        fence_margin: duration(
+            "lock.fence_margin",
+            file.lock.fence_margin.clone(),
+            profile.fence_margin,
+        )?,
+    };
+    let neard = match file.neard {
+        None => None,
+        Some(n) => {
+            let creds = |name: &str| match std::env::var_os("CREDENTIALS_DIRECTORY") {
+                Some(dir) => PathBuf::from(dir).join(name),
+                None => PathBuf::from("/run/credentials/failoverd.service").join(name),
+            };
+            Some(NeardConfig {
+                binary: n.binary.unwrap_or_else(|| PathBuf::from("neard")),
+                home: n.home.unwrap_or_else(|| PathBuf::from("/var/lib/neard")),
+                validator_key: n.validator_key.unwrap_or_else(|| creds("validator_key.json")),
+                validator_node_key: n.validator_node_key.unwrap_or_else(|| creds("validator_node_key.json")),
+                voter_node_key: n.voter_node_key.unwrap_or_else(|| creds("voter_node_key.json")),
+                validator_network_addr: n.validator_network_addr.unwrap_or_else(|| "0.0.0.0:24567".into()),
+                voter_network_addr: n.voter_network_addr.unwrap_or_else(|| "0.0.0.0:24568".into()),
+                public_address: n.public_address.unwrap_or_default(),
+                boot_nodes: n.boot_nodes.unwrap_or_default(),
+                stop_timeout: duration("neard.stop_timeout", n.stop_timeout, DEFAULTS.neard_stop_timeout)?,
+                unhealthy_limit: duration(
+                    "neard.unhealthy_limit",
+                    n.unhealthy_limit,
+                    DEFAULTS.neard_unhealthy_limit,
+                )?,
+            })
+        }
+    };
     let consul_api_listen = match file.consul_api.listen.as_deref() {
         None => Some(DEFAULTS.consul_api_listen.to_string()),
         Some("") => None,
@@ -693,7 +981,10 @@ fn build(file: FileConfig, origins: Origins) -> Result<Config, ConfigError> {
             backend,
             consul_url: file.lock.consul_url.unwrap_or_else(|| DEFAULTS.consul_url.to_string()),
             consul_token_file: file.lock.consul_token_file,
+            key: file.lock.key,
+            lease,
         },
+        neard,
         consul_api,
         origins,
     })
@@ -715,6 +1006,21 @@ impl Config {
                 return Err(o.error(
                     "consul_api.listen",
                     format!("{listen} is already used by another listener"),
+                ));
+            }
+        }
+        self.validate_lease()?;
+        if let Some(neard) = &self.neard {
+            for (key, addr) in [
+                ("neard.validator_network_addr", &neard.validator_network_addr),
+                ("neard.voter_network_addr", &neard.voter_network_addr),
+            ] {
+                check_host_port(addr).map_err(|e| o.error(key, e))?;
+            }
+            if neard.validator_network_addr == neard.voter_network_addr {
+                return Err(o.error(
+                    "neard.voter_network_addr",
+                    "must differ from neard.validator_network_addr",
                 ));
             }
         }
@@ -765,6 +1071,45 @@ impl Config {
             return Err(o.error("api.listen", format!("{} is also cluster.listen", self.api.listen)));
         }
         Ok(self)
+    }
+
+    /// The lease rules: the holder must get at least two renew chances before
+    /// its fence deadline, and the margin must leave a positive lease.
+    fn validate_lease(&self) -> Result<(), ConfigError> {
+        let o = &self.origins;
+        let l = self.lock.lease;
+        if l.session_ttl < Duration::from_secs(1) {
+            return Err(o.error(
+                "lock.session_ttl",
+                format!("{:?} is below the 1s minimum", l.session_ttl),
+            ));
+        }
+        if l.fence_margin.is_zero() || l.fence_margin >= l.session_ttl {
+            return Err(o.error(
+                "lock.fence_margin",
+                format!(
+                    "{:?} must be above 0 and below lock.session_ttl ({:?})",
+                    l.fence_margin, l.session_ttl
+                ),
+            ));
+        }
+        let lease = l.session_ttl - l.fence_margin;
+        if l.renew_interval.is_zero() || l.renew_interval * 2 > lease {
+            return Err(o.error(
+                "lock.renew_interval",
+                format!(
+                    "{:?} must leave two renews within session_ttl - fence_margin ({:?})",
+                    l.renew_interval, lease
+                ),
+            ));
+        }
+        if l.lock_delay > Duration::from_secs(60) {
+            return Err(o.error(
+                "lock.lock_delay",
+                format!("{:?} is above the 60s maximum", l.lock_delay),
+            ));
+        }
+        Ok(())
     }
 
     /// Checks that `data_dir` can be created, read and written.

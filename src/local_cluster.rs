@@ -6,6 +6,7 @@
 //! `keep` is set.
 
 use std::net::TcpListener;
+use std::path::Path;
 use std::path::PathBuf;
 use std::process::Child;
 use std::process::Command;
@@ -54,6 +55,8 @@ pub struct LocalCluster {
     pub nodes: Vec<LocalNode>,
     bin: PathBuf,
     http: reqwest::Client,
+    /// Environment for every agent (and so for neard).
+    env: Vec<(String, String)>,
 }
 
 impl LocalCluster {
@@ -113,7 +116,74 @@ impl LocalCluster {
             nodes,
             bin,
             http,
+            env: Vec::new(),
         })
+    }
+
+    /// Gives every validator a neard (the `fake_neard` binary): a home with a
+    /// `config.json`, the pool's shared validator and node keys, its own voter
+    /// key, distinct ports, and `[neard]` plus `lock_toml` (a `[lock]` section)
+    /// in its config. Signatures go to [`LocalCluster::ledger`].
+    pub fn with_neard(&mut self, fake_neard: &Path, lock_toml: &str) -> std::io::Result<()> {
+        let keys = self.root.join("keys");
+        std::fs::create_dir_all(&keys)?;
+        let key = |name: &str, body: String| -> std::io::Result<PathBuf> {
+            let path = keys.join(name);
+            std::fs::write(&path, body)?;
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+            Ok(path)
+        };
+        let validator_key = key(
+            "validator_key.json",
+            r#"{"account_id":"pool.demo","public_key":"ed25519:validator","secret_key":"ed25519:secret"}"#.into(),
+        )?;
+        let validator_node_key = key(
+            "validator_node_key.json",
+            r#"{"account_id":"node","public_key":"ed25519:validatornode","secret_key":"ed25519:secret"}"#.into(),
+        )?;
+        for n in self.nodes.iter().filter(|n| n.role == Role::Validator) {
+            let home = self.root.join(format!("neard{}", n.id));
+            std::fs::create_dir_all(&home)?;
+            let config = serde_json::json!({
+                "rpc": { "addr": format!("127.0.0.1:{}", free_port()?) },
+                "network": { "addr": "0.0.0.0:0" },
+            });
+            std::fs::write(home.join("config.json"), serde_json::to_vec_pretty(&config)?)?;
+            let voter_key = key(
+                &format!("voter_node_key_{}.json", n.id),
+                format!(
+                    r#"{{"account_id":"node","public_key":"ed25519:voter{}","secret_key":"ed25519:secret"}}"#,
+                    n.id
+                ),
+            )?;
+            let section = format!(
+                "\n[neard]\nbinary = \"{}\"\nhome = \"{}\"\nvalidator_key = \"{}\"\nvalidator_node_key = \"{}\"\nvoter_node_key = \"{}\"\nvalidator_network_addr = \"127.0.0.1:{}\"\nvoter_network_addr = \"127.0.0.1:{}\"\nstop_timeout = \"5s\"\n\n{lock_toml}\n",
+                fake_neard.display(),
+                home.display(),
+                validator_key.display(),
+                validator_node_key.display(),
+                voter_key.display(),
+                free_port()?,
+                free_port()?,
+            );
+            let mut text = std::fs::read_to_string(&n.config)?;
+            text.push_str(&section);
+            std::fs::write(&n.config, text)?;
+        }
+        let ledger = self.ledger();
+        self.env
+            .push(("FAKE_NEARD_LEDGER".into(), ledger.display().to_string()));
+        Ok(())
+    }
+
+    /// The signature ledger fake-neard appends to (see `with_neard`).
+    pub fn ledger(&self) -> PathBuf {
+        self.root.join("ledger.jsonl")
+    }
+
+    /// Adds an environment variable for every agent started from now on.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.push((key.to_string(), value.to_string()));
     }
 
     /// Starts node `i`, appending its output to its log.
@@ -121,6 +191,7 @@ impl LocalCluster {
         let node = &mut self.nodes[i];
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log)?;
         let child = Command::new(&self.bin)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .arg("agent")
             .arg("--config")
             .arg(&node.config)

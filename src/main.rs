@@ -20,6 +20,7 @@ fn main() {
         Command::Tls(args) => report(failoverd::cli::tls::run(args)),
         Command::Demo(args) => edge(async { failoverd::cli::demo::run(args).await }),
         Command::Lock(args) => failoverd::cli::lock::main(args),
+        Command::Fence(args) => failoverd::supervisor::fence::main(args),
     };
     std::process::exit(code);
 }

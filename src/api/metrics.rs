@@ -75,8 +75,24 @@ impl Default for AgentMetrics {
 }
 
 impl AgentMetrics {
-    /// Refreshes the gauges from `status` and renders the text format.
-    pub fn render(&self, status: &NodeStatus) -> String {
+    /// The registry, for other components' metrics.
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
+    /// Refreshes the Raft gauges from `status` (if there is a Raft node) and
+    /// renders the text format.
+    pub fn render(&self, status: Option<&NodeStatus>) -> String {
+        if let Some(status) = status {
+            self.refresh(status);
+        }
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+
+    fn refresh(&self, status: &NodeStatus) {
         self.term.set(status.term as i64);
         self.leader_id.set(status.leader_id.unwrap_or(0) as i64);
         for state in STATES {
@@ -92,9 +108,5 @@ impl AgentMetrics {
                 self.peer_last_contact.get_or_create(&labels).set(ms as f64 / 1000.0);
             }
         }
-        let mut out = String::new();
-        // Writing to a String cannot fail.
-        let _ = encode(&mut out, &self.registry);
-        out
     }
 }

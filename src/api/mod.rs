@@ -37,26 +37,64 @@ use crate::raft::node::RaftNode;
 use crate::raft::Command;
 use crate::raft::CommandResult;
 use crate::raft::NodeId;
+use crate::supervisor::status::HandoverRequest;
+use crate::supervisor::status::SupervisorHandle;
 
-/// The local API of an agent with the consul backend (no Raft node): health
-/// is whether the Consul agent answers and knows a leader.
-pub fn consul_mode_router(cfg: &crate::config::Config) -> Router {
-    let state = Arc::new(ConsulMode {
-        url: cfg.lock.consul_url.trim_end_matches('/').to_string(),
-        name: cfg.name.clone(),
-        role: cfg.role,
+/// What every handler can reach.
+pub struct ApiState {
+    /// The Raft node (raft backend); `None` with the consul backend.
+    node: Option<Arc<RaftNode>>,
+    /// The Consul agent (consul backend).
+    consul: Option<ConsulMode>,
+    metrics: metrics::AgentMetrics,
+    supervisor: Option<SupervisorHandle>,
+}
+
+/// What the local API serves from.
+pub struct ApiParts {
+    /// The Raft node, with the raft backend.
+    pub node: Option<Arc<RaftNode>>,
+    /// The Consul agent's URL, with the consul backend.
+    pub consul_url: Option<String>,
+    /// This node's name and role.
+    pub name: String,
+    /// This node's role.
+    pub role: crate::raft::Role,
+    /// The metrics (the supervisor's are registered in them).
+    pub metrics: metrics::AgentMetrics,
+    /// The supervisor (validators with `[neard]`).
+    pub supervisor: Option<SupervisorHandle>,
+}
+
+/// The router for `[api] listen`.
+pub fn router(parts: ApiParts) -> Router {
+    let consul = parts.consul_url.map(|url| ConsulMode {
+        url: url.trim_end_matches('/').to_string(),
+        name: parts.name.clone(),
+        role: parts.role,
         http: reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(3))
             .build()
             .unwrap_or_default(),
     });
+    let state = Arc::new(ApiState {
+        node: parts.node,
+        consul,
+        metrics: parts.metrics,
+        supervisor: parts.supervisor,
+    });
     Router::new()
-        .route("/health", get(consul_health))
-        .route("/v1/status", get(consul_status))
-        .route("/metrics", get(consul_metrics))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/v1/status", get(status))
+        .route("/v1/members", get(members).post(add_member))
+        .route("/v1/members/{id}", delete(remove_member))
+        .route("/v1/kv/{*key}", get(kv_get).put(kv_put).delete(kv_delete))
+        .route("/v1/handover", axum::routing::post(handover))
         .with_state(state)
 }
 
+/// The Consul agent behind an agent with the consul backend.
 struct ConsulMode {
     url: String,
     name: String,
@@ -82,54 +120,15 @@ impl ConsulMode {
     }
 }
 
-async fn consul_health(State(c): State<Arc<ConsulMode>>) -> Response {
-    match c.leader().await {
-        Ok(_) => (StatusCode::OK, "OK\n").into_response(),
-        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("consul at {}: {why}\n", c.url)).into_response(),
+impl ApiState {
+    fn node(&self) -> Result<&Arc<RaftNode>, ApiError> {
+        self.node.as_ref().ok_or_else(|| {
+            ApiError(
+                StatusCode::NOT_FOUND,
+                "this agent uses the consul lock backend: it runs no Raft node".into(),
+            )
+        })
     }
-}
-
-async fn consul_status(State(c): State<Arc<ConsulMode>>) -> Response {
-    let leader = c.leader().await;
-    Json(serde_json::json!({
-        "name": c.name,
-        "role": c.role,
-        "lock_backend": "consul",
-        "consul_url": c.url,
-        "consul_leader": leader.as_ref().ok(),
-        "consul_error": leader.err(),
-    }))
-    .into_response()
-}
-
-async fn consul_metrics(State(_): State<Arc<ConsulMode>>) -> Response {
-    let body = format!(
-        "# HELP failoverd_build_info Build information (always 1).\n# TYPE failoverd_build_info gauge\nfailoverd_build_info{{version=\"{}\"}} 1\n# EOF\n",
-        env!("CARGO_PKG_VERSION")
-    );
-    ([("content-type", "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
-}
-
-/// What every handler can reach.
-pub struct ApiState {
-    node: Arc<RaftNode>,
-    metrics: metrics::AgentMetrics,
-}
-
-/// The router for `[api] listen`.
-pub fn router(node: Arc<RaftNode>) -> Router {
-    let state = Arc::new(ApiState {
-        node,
-        metrics: metrics::AgentMetrics::default(),
-    });
-    Router::new()
-        .route("/health", get(health))
-        .route("/metrics", get(metrics))
-        .route("/v1/status", get(status))
-        .route("/v1/members", get(members).post(add_member))
-        .route("/v1/members/{id}", delete(remove_member))
-        .route("/v1/kv/{*key}", get(kv_get).put(kv_put).delete(kv_delete))
-        .with_state(state)
 }
 
 type ApiResult = Result<Response, ApiError>;
@@ -155,7 +154,20 @@ impl From<ClusterError> for ApiError {
 }
 
 async fn health(State(api): State<Arc<ApiState>>) -> Response {
-    let metrics = api.node.raft().metrics().borrow().clone();
+    if let Some(consul) = &api.consul {
+        return match consul.leader().await {
+            Ok(_) => (StatusCode::OK, "OK\n").into_response(),
+            Err(why) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("consul at {}: {why}\n", consul.url),
+            )
+                .into_response(),
+        };
+    }
+    let Some(node) = &api.node else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "no lock service\n").into_response();
+    };
+    let metrics = node.raft().metrics().borrow().clone();
     if let Err(e) = &metrics.running_state {
         return (StatusCode::SERVICE_UNAVAILABLE, format!("raft stopped: {e}\n")).into_response();
     }
@@ -172,16 +184,89 @@ async fn health(State(api): State<Arc<ApiState>>) -> Response {
 }
 
 async fn metrics(State(api): State<Arc<ApiState>>) -> Response {
-    let body = api.metrics.render(&api.node.status());
+    if let Some(sup) = &api.supervisor {
+        sup.metrics.refresh();
+    }
+    let status = api.node.as_ref().map(|n| n.status());
+    let body = api.metrics.render(status.as_ref());
     ([("content-type", "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
 }
 
 async fn status(State(api): State<Arc<ApiState>>) -> Response {
-    Json(api.node.status()).into_response()
+    let mut value = match (&api.node, &api.consul) {
+        (Some(node), _) => serde_json::to_value(node.status()).unwrap_or_default(),
+        (None, Some(consul)) => {
+            let leader = consul.leader().await;
+            serde_json::json!({
+                "name": consul.name,
+                "role": consul.role,
+                "lock_backend": "consul",
+                "consul_url": consul.url,
+                "consul_leader": leader.as_ref().ok(),
+                "consul_error": leader.err(),
+            })
+        }
+        (None, None) => serde_json::json!({}),
+    };
+    if let (Some(sup), Some(obj)) = (&api.supervisor, value.as_object_mut()) {
+        obj.insert(
+            "supervisor".into(),
+            serde_json::to_value(sup.snapshot()).unwrap_or_default(),
+        );
+    }
+    Json(value).into_response()
+}
+
+#[derive(Deserialize)]
+struct Handover {
+    #[serde(default)]
+    to: Option<String>,
+    #[serde(default)]
+    force: bool,
+}
+
+async fn handover(State(api): State<Arc<ApiState>>, body: Bytes) -> ApiResult {
+    let req: Handover = if body.is_empty() {
+        Handover { to: None, force: false }
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("expected {{\"to\": NAME, \"force\": bool}}: {e}"),
+            )
+        })?
+    };
+    let sup = api.supervisor.as_ref().ok_or_else(|| {
+        ApiError(
+            StatusCode::CONFLICT,
+            "this node runs no supervisor (arbiter, or no [neard])".into(),
+        )
+    })?;
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let request = HandoverRequest {
+        to: req.to,
+        force: req.force,
+        reply,
+    };
+    sup.handover
+        .send(request)
+        .await
+        .map_err(|_| ApiError(StatusCode::SERVICE_UNAVAILABLE, "the supervisor is not running".into()))?;
+    match tokio::time::timeout(std::time::Duration::from_secs(120), answer).await {
+        Ok(Ok(Ok(message))) => Ok(Json(serde_json::json!({ "result": message })).into_response()),
+        Ok(Ok(Err(why))) => Err(ApiError(StatusCode::CONFLICT, why)),
+        _ => Err(ApiError(
+            StatusCode::GATEWAY_TIMEOUT,
+            "no answer from the supervisor".into(),
+        )),
+    }
 }
 
 async fn members(State(api): State<Arc<ApiState>>) -> Response {
-    Json(api.node.status().members).into_response()
+    match api.node() {
+        Ok(node) => Json(node.status().members).into_response(),
+        Err(e) => e.into_response(),
+    }
 }
 
 #[derive(Deserialize)]
@@ -197,18 +282,19 @@ async fn add_member(State(api): State<Arc<ApiState>>, body: Bytes) -> ApiResult 
             format!("expected {{\"id\": N, \"addr\": \"host:port\"}}: {e}"),
         )
     })?;
-    Ok(Json(api.node.add_member(req.id, req.addr).await?).into_response())
+    Ok(Json(api.node()?.add_member(req.id, req.addr).await?).into_response())
 }
 
 async fn remove_member(State(api): State<Arc<ApiState>>, Path(id): Path<String>) -> ApiResult {
     let id: NodeId = id
         .parse()
         .map_err(|_| ApiError(StatusCode::BAD_REQUEST, format!("{id:?} is not a node id")))?;
-    Ok(Json(api.node.remove_member(id).await?).into_response())
+    Ok(Json(api.node()?.remove_member(id).await?).into_response())
 }
 
 async fn kv_get(State(api): State<Arc<ApiState>>, Path(key): Path<String>) -> ApiResult {
-    let applied = api.node.state().read();
+    let node = api.node()?;
+    let applied = node.state().read();
     match applied.state.lock.kv.get(&key) {
         Some(entry) => {
             let index = entry.modify_index.to_string();
@@ -225,7 +311,7 @@ async fn kv_put(State(api): State<Arc<ApiState>>, Path(key): Path<String>, body:
         flags: 0,
         cas: None,
     };
-    match api.node.write(Command::Lock(cmd)).await? {
+    match api.node()?.write(Command::Lock(cmd)).await? {
         CommandResult::Lock {
             index,
             result: LockResult::Bool(true),
@@ -240,7 +326,7 @@ async fn kv_delete(State(api): State<Arc<ApiState>>, Path(key): Path<String>) ->
         recurse: false,
         cas: None,
     };
-    match api.node.write(Command::Lock(cmd)).await? {
+    match api.node()?.write(Command::Lock(cmd)).await? {
         CommandResult::Lock {
             index,
             result: LockResult::Bool(deleted),

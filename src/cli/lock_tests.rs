@@ -126,6 +126,10 @@ impl LockBackend for FakeLock {
         Ok(true)
     }
 
+    async fn list(&self, _prefix: &str) -> Result<Vec<(String, crate::lock::backend::KeyState)>, LockError> {
+        Ok(Vec::new())
+    }
+
     async fn watch(&self, key: &str, index: u64, wait: Duration) -> Result<Watched, LockError> {
         if index > 0 {
             let mut changed = self.changed.subscribe();

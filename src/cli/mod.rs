@@ -35,4 +35,7 @@ pub enum Command {
     Demo(demo::DemoArgs),
     /// Run a command only while holding a lock (like `consul lock`).
     Lock(lock::LockArgs),
+    /// Run a command under a lease deadline (used by the agent for neard); not for direct use.
+    #[command(hide = true)]
+    Fence(crate::supervisor::fence::FenceArgs),
 }

@@ -107,4 +107,7 @@ pub trait LockBackend: Send + Sync + 'static {
     /// Reads `key` consistently, blocking until its index passes `index` or
     /// `wait` elapses (then returns the current state).
     fn watch(&self, key: &str, index: u64, wait: Duration) -> impl Future<Output = Result<Watched, LockError>> + Send;
+
+    /// Every key under `prefix` with its state (a consistent read).
+    fn list(&self, prefix: &str) -> impl Future<Output = Result<Vec<(String, KeyState)>, LockError>> + Send;
 }

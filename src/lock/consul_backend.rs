@@ -327,6 +327,37 @@ impl LockBackend for ConsulBackend {
         };
         Ok(Watched { index, key: Some(key) })
     }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<(String, KeyState)>, LockError> {
+        let what = format!("list of {prefix}");
+        let mut url = self.url(&["kv"], prefix);
+        url.query_pairs_mut()
+            .append_key_only("recurse")
+            .append_key_only("consistent");
+        let reply = self.send(&what, Method::GET, url, self.timeout, None).await?;
+        if reply.status == StatusCode::NOT_FOUND {
+            return Ok(Vec::new());
+        }
+        reply.check(&what)?;
+        let entries: Vec<KvEntry> = reply.json(&what)?;
+        entries
+            .into_iter()
+            .map(|entry| {
+                let value = match entry.value.as_deref() {
+                    None => Vec::new(),
+                    Some(encoded) => decode_base64(encoded)
+                        .ok_or_else(|| LockError::Rejected(format!("{what}: a value is not valid base64")))?,
+                };
+                let state = KeyState {
+                    session: entry.session.filter(|s| !s.is_empty()),
+                    lock_index: entry.lock_index,
+                    modify_index: entry.modify_index,
+                    value,
+                };
+                Ok((entry.key, state))
+            })
+            .collect()
+    }
 }
 
 /// Reads an ACL token file: surrounding whitespace (the trailing newline) is
@@ -449,6 +480,8 @@ struct RenewedSession {
 
 #[derive(Deserialize)]
 struct KvEntry {
+    #[serde(rename = "Key", default)]
+    key: String,
     #[serde(rename = "Session", default)]
     session: Option<String>,
     #[serde(rename = "LockIndex", default)]

@@ -19,6 +19,7 @@ use super::service::NewSession;
 use super::service::Query;
 use super::service::QueryData;
 use super::service::Read;
+use super::service::ReadResult;
 use super::state::LockCommand;
 use super::state::LockResult;
 
@@ -125,6 +126,33 @@ impl LockBackend for RaftBackend {
                     key,
                 })
             }
+            other => Err(LockError::Rejected(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<(String, KeyState)>, LockError> {
+        let read = Read {
+            query: Query::KvList { prefix: prefix.into() },
+            consistency: Consistency::Consistent,
+            index: 0,
+            wait: Duration::ZERO,
+        };
+        match self.service.request(LeaderRequest::Read(read)).await? {
+            LeaderResponse::Read(ReadResult {
+                data: QueryData::Kv(entries),
+                ..
+            }) => Ok(entries
+                .into_iter()
+                .map(|e| {
+                    let state = KeyState {
+                        session: e.session.map(|s| s.to_string()),
+                        lock_index: e.lock_index,
+                        modify_index: e.modify_index,
+                        value: e.value,
+                    };
+                    (e.key, state)
+                })
+                .collect()),
             other => Err(LockError::Rejected(format!("unexpected answer {other:?}"))),
         }
     }
