@@ -10,6 +10,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod consul_api;
+pub mod fake_neard;
 pub mod ledger;
 pub mod local_cluster;
 pub mod lock;

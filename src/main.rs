@@ -20,6 +20,10 @@ fn main() {
         Command::Tls(args) => report(failoverd::cli::tls::run(args)),
         Command::Demo(args) => edge(async { failoverd::cli::demo::run(args).await }),
         Command::Lock(args) => failoverd::cli::lock::main(args),
+        Command::FakeNeard { args } => {
+            let argv = std::iter::once("fake-neard".to_string()).chain(args).collect();
+            failoverd::fake_neard::run_with_args(argv)
+        }
         Command::Fence(args) => failoverd::supervisor::fence::main(args),
     };
     std::process::exit(code);

@@ -31,15 +31,16 @@ const PATIENCE: Duration = Duration::from_secs(60);
 /// Runs the demo; fails if any step does not happen as it should.
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let bin = std::env::current_exe().context("locating the failoverd binary")?;
-    let fake = bin.with_file_name("fake-neard");
-    if !fake.exists() {
-        bail!(
-            "{} is missing: build it with `cargo build` (it is a binary of this crate)",
-            fake.display()
-        );
-    }
     let roles = [Role::Validator, Role::Validator, Role::Arbiter];
-    let mut cluster = LocalCluster::create(bin, &roles, |_| String::new()).context("creating the demo cluster")?;
+    let mut cluster =
+        LocalCluster::create(bin.clone(), &roles, |_| String::new()).context("creating the demo cluster")?;
+    // neard is `failoverd fake-neard`, behind a one-line script the supervisor can exec.
+    let fake = cluster.root.join("fake-neard");
+    std::fs::write(
+        &fake,
+        format!("#!/bin/sh\nexec '{}' fake-neard \"$@\"\n", bin.display()),
+    )?;
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
     let lock = format!("[lock]\nsession_ttl = \"{}\"\n", args.session_ttl);
     cluster
         .with_neard(&fake, &lock)

@@ -35,6 +35,13 @@ pub enum Command {
     Demo(demo::DemoArgs),
     /// Run a command only while holding a lock (like `consul lock`).
     Lock(lock::LockArgs),
+    /// The neard stand-in of the tests and the demo (same as the `fake-neard` binary).
+    #[command(hide = true, name = "fake-neard")]
+    FakeNeard {
+        /// fake-neard's arguments (`--home HOME run`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Run a command under a lease deadline (used by the agent for neard); not for direct use.
     #[command(hide = true)]
     Fence(crate::supervisor::fence::FenceArgs),
