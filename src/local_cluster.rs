@@ -36,6 +36,8 @@ pub struct LocalNode {
     /// Log file (stdout and stderr).
     pub log: PathBuf,
     child: Option<Child>,
+    /// Environment for this agent only, after the cluster's.
+    env: Vec<(String, String)>,
 }
 
 impl LocalNode {
@@ -85,6 +87,7 @@ impl LocalCluster {
                 config: root.join(format!("node{id}.toml")),
                 log: root.join(format!("node{id}.log")),
                 child: None,
+                env: Vec::new(),
             });
         }
         let members: Vec<String> = nodes
@@ -125,6 +128,12 @@ impl LocalCluster {
     /// key, distinct ports, and `[neard]` plus `lock_toml` (a `[lock]` section)
     /// in its config. Signatures go to [`LocalCluster::ledger`].
     pub fn with_neard(&mut self, fake_neard: &Path, lock_toml: &str) -> std::io::Result<()> {
+        self.with_neard_config(fake_neard, "", lock_toml)
+    }
+
+    /// [`LocalCluster::with_neard`] with `neard_toml` (more `key = value`
+    /// lines) added to each `[neard]` section.
+    pub fn with_neard_config(&mut self, fake_neard: &Path, neard_toml: &str, lock_toml: &str) -> std::io::Result<()> {
         let keys = self.root.join("keys");
         std::fs::create_dir_all(&keys)?;
         let key = |name: &str, body: String| -> std::io::Result<PathBuf> {
@@ -157,7 +166,7 @@ impl LocalCluster {
                 ),
             )?;
             let section = format!(
-                "\n[neard]\nbinary = \"{}\"\nhome = \"{}\"\nvalidator_key = \"{}\"\nvalidator_node_key = \"{}\"\nvoter_node_key = \"{}\"\nvalidator_network_addr = \"127.0.0.1:{}\"\nvoter_network_addr = \"127.0.0.1:{}\"\nstop_timeout = \"5s\"\n\n{lock_toml}\n",
+                "\n[neard]\nbinary = \"{}\"\nhome = \"{}\"\nvalidator_key = \"{}\"\nvalidator_node_key = \"{}\"\nvoter_node_key = \"{}\"\nvalidator_network_addr = \"127.0.0.1:{}\"\nvoter_network_addr = \"127.0.0.1:{}\"\nstop_timeout = \"5s\"\n{neard_toml}\n\n{lock_toml}\n",
                 fake_neard.display(),
                 home.display(),
                 validator_key.display(),
@@ -186,12 +195,18 @@ impl LocalCluster {
         self.env.push((key.to_string(), value.to_string()));
     }
 
+    /// Adds an environment variable for node `i` only (started from now on);
+    /// it wins over one set with [`LocalCluster::set_env`].
+    pub fn set_node_env(&mut self, i: usize, key: &str, value: &str) {
+        self.nodes[i].env.push((key.to_string(), value.to_string()));
+    }
+
     /// Starts node `i`, appending its output to its log.
     pub fn start(&mut self, i: usize) -> std::io::Result<()> {
         let node = &mut self.nodes[i];
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log)?;
         let child = Command::new(&self.bin)
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .envs(self.env.iter().chain(&node.env).map(|(k, v)| (k.as_str(), v.as_str())))
             .arg("agent")
             .arg("--config")
             .arg(&node.config)

@@ -20,6 +20,16 @@ fn main() {
         Command::Tls(args) => report(failoverd::cli::tls::run(args)),
         Command::Demo(args) => edge(async { failoverd::cli::demo::run(args).await }),
         Command::Lock(args) => failoverd::cli::lock::main(args),
+        Command::ActiveValidator(args) => match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt
+                .block_on(failoverd::cli::validator::active_validator(args))
+                .unwrap_or_else(|e| {
+                    eprintln!("failoverd: {e:#}");
+                    2
+                }),
+            Err(e) => report(Err(e.into())),
+        },
+        Command::Handover(args) => edge(async { failoverd::cli::validator::handover(args).await }),
         Command::FakeNeard { args } => {
             let argv = std::iter::once("fake-neard".to_string()).chain(args).collect();
             failoverd::fake_neard::run_with_args(argv)

@@ -91,6 +91,7 @@ pub fn router(parts: ApiParts) -> Router {
         .route("/v1/members/{id}", delete(remove_member))
         .route("/v1/kv/{*key}", get(kv_get).put(kv_put).delete(kv_delete))
         .route("/v1/handover", axum::routing::post(handover))
+        .route("/v1/active-validator", get(active_validator))
         .with_state(state)
 }
 
@@ -215,6 +216,44 @@ async fn status(State(api): State<Arc<ApiState>>) -> Response {
         );
     }
     Json(value).into_response()
+}
+
+/// The holder of the validator lock: the supervisor's view, or (on an
+/// arbiter) the lock state's held `failoverd/validator/<account>` key.
+async fn active_validator(State(api): State<Arc<ApiState>>) -> ApiResult {
+    let none = || {
+        ApiError(
+            StatusCode::NOT_FOUND,
+            "no active validator: nobody holds the validator lock".into(),
+        )
+    };
+    if let Some(sup) = &api.supervisor {
+        let status = sup.snapshot();
+        return match (status.holder, status.holder_session) {
+            (Some(holder), Some(session)) => Ok(Json(serde_json::json!({
+                "Name": holder.name, "Node": holder.node_id, "Hostname": holder.hostname,
+                "Key": status.key, "Session": session, "LockIndex": status.lock_index,
+            }))
+            .into_response()),
+            _ => Err(none()),
+        };
+    }
+    let node = api.node()?;
+    let applied = node.state().read();
+    let held = applied
+        .state
+        .lock
+        .list("failoverd/validator/")
+        .find(|e| e.session.is_some() && !e.key.contains("/standby/"))
+        .cloned();
+    drop(applied);
+    let entry = held.ok_or_else(none)?;
+    let holder: crate::supervisor::status::Holder = serde_json::from_slice(&entry.value).unwrap_or_default();
+    Ok(Json(serde_json::json!({
+        "Name": holder.name, "Node": holder.node_id, "Hostname": holder.hostname,
+        "Key": entry.key, "Session": entry.session.map(|s| s.to_string()), "LockIndex": entry.lock_index,
+    }))
+    .into_response())
 }
 
 #[derive(Deserialize)]

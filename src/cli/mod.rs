@@ -7,6 +7,7 @@ pub mod lock;
 pub mod members;
 pub mod status;
 pub mod tls;
+pub mod validator;
 
 use clap::Parser;
 use clap::Subcommand;
@@ -35,6 +36,10 @@ pub enum Command {
     Demo(demo::DemoArgs),
     /// Run a command only while holding a lock (like `consul lock`).
     Lock(lock::LockArgs),
+    /// Print who holds the validator lock (exit 1 when nobody does).
+    ActiveValidator(validator::ActiveValidatorArgs),
+    /// Hand the validator lock over to a standby (stop neard, release the lock).
+    Handover(validator::HandoverArgs),
     /// The neard stand-in of the tests and the demo (same as the `fake-neard` binary).
     #[command(hide = true, name = "fake-neard")]
     FakeNeard {

@@ -6,6 +6,7 @@ use std::time::Duration;
 use super::client;
 use crate::raft::node::MemberStatus;
 use crate::raft::node::NodeStatus;
+use crate::supervisor::status::SupervisorStatus;
 
 /// Arguments of `failoverd status`.
 #[derive(Debug, clap::Args)]
@@ -26,9 +27,68 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&status)?);
         return Ok(());
     }
-    let status: NodeStatus = serde_json::from_value(status)?;
-    print!("{}", render(&status));
+    let mut out = String::new();
+    if status.get("node_id").is_some() {
+        let node: NodeStatus = serde_json::from_value(status.clone())?;
+        out.push_str(&render(&node));
+    } else {
+        let _ = writeln!(
+            out,
+            "node     {} ({})",
+            status["name"].as_str().unwrap_or(""),
+            status["role"].as_str().unwrap_or("")
+        );
+        let _ = writeln!(
+            out,
+            "lock     consul at {}",
+            status["consul_url"].as_str().unwrap_or("")
+        );
+    }
+    if let Some(sup) = status.get("supervisor") {
+        if let Ok(sup) = serde_json::from_value::<SupervisorStatus>(sup.clone()) {
+            out.push('\n');
+            out.push_str(&render_supervisor(&sup));
+        }
+    }
+    print!("{out}");
     Ok(())
+}
+
+/// The supervisor's part of the status.
+pub fn render_supervisor(s: &SupervisorStatus) -> String {
+    let mut out = String::new();
+    let holder = match (&s.holder, &s.holder_session) {
+        (Some(h), Some(_)) => format!("{} (node {}, LockIndex {})", h.name, h.node_id, s.lock_index),
+        _ => "nobody".to_string(),
+    };
+    let _ = writeln!(out, "validator  state {}, lock holder {holder}", s.state.as_str());
+    let _ = writeln!(out, "key        {}", s.key);
+    if let Some(ms) = s.lease_remaining_ms {
+        let _ = writeln!(
+            out,
+            "lease      {:.1} s left before the fence kills neard",
+            ms as f64 / 1000.0
+        );
+    }
+    let pid = s.neard_pid.map_or("-".to_string(), |p| p.to_string());
+    let _ = writeln!(
+        out,
+        "neard      pid {pid}, {}",
+        if s.neard_health.is_empty() {
+            "health unknown"
+        } else {
+            &s.neard_health
+        }
+    );
+    let _ = writeln!(
+        out,
+        "counters   promotions {}, neard restarts {}",
+        s.promotions, s.neard_restarts
+    );
+    for warning in &s.exposed_keys {
+        let _ = writeln!(out, "WARNING    {warning}");
+    }
+    out
 }
 
 /// The human-readable form.

@@ -229,7 +229,9 @@ impl<B: LockBackend + Clone> Supervisor<B> {
 
     async fn on_health(&mut self, result: Result<Health, String>) {
         let healthy_synced = matches!(result, Ok(h) if !h.syncing);
+        let pid = self.neard.as_ref().and_then(NeardProcess::neard_pid);
         self.update(|s| {
+            s.neard_pid = pid;
             s.neard_health = match &result {
                 Ok(h) if h.syncing => format!("syncing (height {})", h.height),
                 Ok(h) => format!("synced (height {})", h.height),
