@@ -305,6 +305,10 @@ async fn kv_delete_root(state: State<Arc<ConsulApi>>, raw: RawQuery) -> Reply {
 
 async fn kv_get(State(api): State<Arc<ConsulApi>>, Path(key): Path<String>, RawQuery(raw): RawQuery) -> Reply {
     let q = codec::parse_kv_query(raw.as_deref().unwrap_or(""))?;
+    let root = key.is_empty();
+    if root && !q.keys && !q.recurse {
+        return Err(Answer::text(StatusCode::BAD_REQUEST, "Missing key name"));
+    }
     let query = if q.keys {
         Query::KvKeys {
             prefix: key,
@@ -318,10 +322,10 @@ async fn kv_get(State(api): State<Arc<ConsulApi>>, Path(key): Path<String>, RawQ
     let read = api.read(query, raw.as_deref()).await?;
     let missing = Answer::text(StatusCode::NOT_FOUND, "").with_read(&read);
     match &read.data {
-        QueryData::Keys(keys) if keys.is_empty() => Ok(missing),
+        QueryData::Keys(keys) if keys.is_empty() && !root => Ok(missing),
         QueryData::Keys(keys) => Ok(Answer::json(&serde_json::json!(keys)).with_read(&read)),
         QueryData::Kv(entries) if entries.is_empty() => Ok(missing),
-        QueryData::Kv(entries) if q.raw => {
+        QueryData::Kv(entries) if q.raw && !q.recurse => {
             let mut answer = Answer::text(StatusCode::OK, "").with_read(&read);
             answer.body = entries[0].value.clone();
             Ok(answer)
@@ -383,6 +387,9 @@ async fn kv_put(
 async fn kv_delete(State(api): State<Arc<ConsulApi>>, Path(key): Path<String>, RawQuery(raw): RawQuery) -> Reply {
     let q = codec::parse_kv_query(raw.as_deref().unwrap_or(""))?;
     q.check_delete()?;
+    if key.is_empty() && !q.recurse {
+        return Err(Answer::text(StatusCode::BAD_REQUEST, "Missing key name"));
+    }
     match api
         .write(LockCommand::KvDelete {
             key,

@@ -27,7 +27,8 @@ pub struct LeaderClock {
     pub term: u64,
     deadlines: HashMap<Uuid, Instant>,
     expiring: HashSet<Uuid>,
-    delays: HashMap<String, Instant>,
+    /// Lock-delays: until when, and the index of the invalidation that set them.
+    delays: HashMap<String, (Instant, u64)>,
     seen_delay_index: u64,
 }
 
@@ -44,7 +45,7 @@ impl LeaderClock {
         // Every pending delay counts from now, however old: the previous
         // leader's clock is unknown (conservative, as the issue allows).
         for (key, pending) in &state.pending_delays {
-            clock.delays.insert(key.clone(), now + pending.delay);
+            clock.delays.insert(key.clone(), (now + pending.delay, pending.index));
             clock.seen_delay_index = clock.seen_delay_index.max(pending.index);
         }
         clock.observe(state, now);
@@ -66,12 +67,26 @@ impl LeaderClock {
         let mut newest = self.seen_delay_index;
         for (key, pending) in &state.pending_delays {
             if pending.index > self.seen_delay_index {
-                self.delays.insert(key.clone(), now + pending.delay);
+                self.delays.insert(key.clone(), (now + pending.delay, pending.index));
                 newest = newest.max(pending.index);
             }
         }
         self.seen_delay_index = newest;
-        self.delays.retain(|_, until| *until > now);
+    }
+
+    /// Lock-delays that have run out: dropped here, to be forgotten by the
+    /// state through `LockDelayEnded` so no later leader re-arms them.
+    pub fn take_ended_delays(&mut self, now: Instant) -> Vec<(String, u64)> {
+        let ended: Vec<(String, u64)> = self
+            .delays
+            .iter()
+            .filter(|(_, (until, _))| *until <= now)
+            .map(|(k, (_, i))| (k.clone(), *i))
+            .collect();
+        for (key, _) in &ended {
+            self.delays.remove(key);
+        }
+        ended
     }
 
     /// Resets a session's timer for a renew; `false` if the session is unknown
@@ -104,17 +119,21 @@ impl LeaderClock {
         due
     }
 
-    /// The earliest timer, if any.
+    /// The earliest timer or lock-delay end, if any.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.deadlines.values().min().copied()
+        self.deadlines
+            .values()
+            .chain(self.delays.values().map(|(until, _)| until))
+            .min()
+            .copied()
     }
 
     /// How much longer `key` is under a lock-delay, if it is.
     pub fn lock_delay_left(&self, key: &str, now: Instant) -> Option<Duration> {
         self.delays
             .get(key)
-            .filter(|until| **until > now)
-            .map(|until| *until - now)
+            .filter(|(until, _)| *until > now)
+            .map(|(until, _)| *until - now)
     }
 
     /// When a session's timer fires, if armed.
@@ -219,5 +238,52 @@ mod tests {
         state.apply(2, &LockCommand::SessionDestroy { id });
         clock.observe(&state, now);
         assert_eq!(clock.deadline(&id), None);
+    }
+
+    /// A lock-delay that ran out is reported once; recording its end in the
+    /// state means a later leader does not re-arm it (but a newer one stays).
+    #[test]
+    fn ended_lock_delays_are_forgotten() {
+        let (mut state, id) = state_with(Duration::from_secs(10), Duration::from_secs(5));
+        state.apply(
+            2,
+            &LockCommand::KvAcquire {
+                key: "k".into(),
+                value: vec![],
+                flags: 0,
+                session: id,
+            },
+        );
+        let t0 = Instant::now();
+        let mut clock = LeaderClock::take_office(1, &state, t0);
+        state.apply(3, &LockCommand::SessionDestroy { id });
+        clock.observe(&state, t0);
+        assert!(clock.take_ended_delays(t0 + Duration::from_secs(4)).is_empty());
+        let ended = clock.take_ended_delays(t0 + Duration::from_secs(5));
+        assert_eq!(ended, vec![("k".to_string(), 3)]);
+        assert!(
+            clock.take_ended_delays(t0 + Duration::from_secs(6)).is_empty(),
+            "reported once"
+        );
+        // A stale end (older index) does not remove a newer delay.
+        assert_eq!(
+            state.apply(
+                4,
+                &LockCommand::LockDelayEnded {
+                    key: "k".into(),
+                    index: 2
+                }
+            ),
+            crate::lock::state::LockResult::Bool(false)
+        );
+        state.apply(
+            5,
+            &LockCommand::LockDelayEnded {
+                key: "k".into(),
+                index: 3,
+            },
+        );
+        let next = LeaderClock::take_office(2, &state, t0 + Duration::from_secs(100));
+        assert_eq!(next.lock_delay_left("k", t0 + Duration::from_secs(100)), None);
     }
 }

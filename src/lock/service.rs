@@ -475,13 +475,21 @@ impl LockService {
                 _ = applied.changed() => {}
                 _ = tokio::time::sleep_until(sleep) => {}
             }
-            let expired = {
+            let (expired, ended) = {
                 let mut clock = self.clock.lock().unwrap_or_else(|p| p.into_inner());
-                clock
-                    .as_mut()
-                    .map(|c| c.take_expired(Instant::now()))
-                    .unwrap_or_default()
+                match clock.as_mut() {
+                    Some(c) => (c.take_expired(Instant::now()), c.take_ended_delays(Instant::now())),
+                    None => Default::default(),
+                }
             };
+            for (key, index) in ended {
+                let service = self.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = service.propose(LockCommand::LockDelayEnded { key, index }).await {
+                        tracing::debug!(error = %e, "could not record the end of a lock-delay");
+                    }
+                });
+            }
             for id in expired {
                 tracing::info!(session = %id, "session TTL expired: invalidating");
                 let service = self.clone();

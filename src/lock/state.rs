@@ -129,6 +129,14 @@ pub enum LockCommand {
         /// Session.
         session: Uuid,
     },
+    /// The leader saw the lock-delay recorded at `index` on `key` run out:
+    /// forget it, so later leaders do not re-arm it.
+    LockDelayEnded {
+        /// Key.
+        key: String,
+        /// Index of the invalidation that recorded the delay.
+        index: u64,
+    },
     /// Delete `key` (or every key under it with `recurse`).
     KvDelete {
         /// Key or prefix.
@@ -275,6 +283,14 @@ impl LockState {
                 }
                 _ => LockResult::Bool(false),
             },
+            LockCommand::LockDelayEnded { key, index } => {
+                // Only the delay that ended: a newer invalidation may have replaced it.
+                let ended = self.pending_delays.get(key).is_some_and(|d| d.index == *index);
+                if ended {
+                    self.pending_delays.remove(key);
+                }
+                LockResult::Bool(ended)
+            }
             LockCommand::KvDelete { key, recurse, cas } => {
                 if let Some(cas) = cas {
                     // With cas, only the single key, and only at that index
