@@ -394,6 +394,10 @@ impl<B: LockBackend + Clone> Supervisor<B> {
         if self.state != State::Voting || self.hold_off_until.is_some_and(|t| Instant::now() < t) {
             return;
         }
+        // Only a healthy, synced standby contends (as of neard's last answer).
+        if self.unhealthy_since.is_some() {
+            return;
+        }
         if self
             .last_key
             .as_ref()
