@@ -271,7 +271,7 @@ impl NeardProcess {
             .await
             .is_err()
         {
-            let _ = self.child.kill().await;
+            self.kill_hard().await;
         }
     }
 
@@ -282,8 +282,17 @@ impl NeardProcess {
             .await
             .is_err()
         {
-            let _ = self.child.kill().await;
+            self.kill_hard().await;
         }
+    }
+
+    /// The fence did not obey: SIGKILL neard itself, then the fence (whose
+    /// death would also kill neard, but asynchronously).
+    async fn kill_hard(&mut self) {
+        if let Some(pid) = self.neard_pid() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+        }
+        let _ = self.child.kill().await;
     }
 
     /// Resolves when the fence (and so neard) has exited.
