@@ -68,8 +68,13 @@ impl LocalCluster {
         let stamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
-        let root = std::env::temp_dir().join(format!("failoverd-{}-{}", std::process::id(), stamp.as_millis()));
-        std::fs::create_dir_all(&root)?;
+        // Clusters created in the same millisecond by one process (parallel
+        // tests) must not share a root: the counter tells them apart, and
+        // `create_dir` refuses a root that exists.
+        static CREATED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let seq = CREATED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let root = std::env::temp_dir().join(format!("failoverd-{}-{}-{seq}", std::process::id(), stamp.as_millis()));
+        std::fs::create_dir(&root)?;
         let mut nodes = Vec::new();
         for (i, role) in roles.iter().enumerate() {
             let id = i as u64 + 1;
@@ -306,6 +311,19 @@ impl Drop for LocalCluster {
     }
 }
 
+/// A port that was free a moment ago and that this process has not handed
+/// out before: the kernel may return a just-released port again, and two
+/// listeners of one cluster (or of two clusters of one test binary) on the
+/// same port make an agent or neard fail to start.
 fn free_port() -> std::io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    for _ in 0..100 {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        if !given.contains(&port) {
+            given.push(port);
+            return Ok(port);
+        }
+    }
+    Err(std::io::Error::other("no free port that was not handed out already"))
 }

@@ -6,7 +6,10 @@ use std::process::Command;
 /// The demo exits 0 and reports zero overlapping signers.
 #[test]
 fn demo_exits_zero_with_no_overlap() {
-    let out = Command::new(env!("CARGO_BIN_EXE_failoverd")).arg("demo").output().expect("run failoverd demo");
+    let out = Command::new(env!("CARGO_BIN_EXE_failoverd"))
+        .arg("demo")
+        .output()
+        .expect("run failoverd demo");
     let stdout = String::from_utf8_lossy(&out.stdout);
     println!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "demo failed: {:?}", out.status);

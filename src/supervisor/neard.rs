@@ -290,7 +290,10 @@ impl NeardProcess {
     /// death would also kill neard, but asynchronously).
     async fn kill_hard(&mut self) {
         if let Some(pid) = self.neard_pid() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
         let _ = self.child.kill().await;
     }

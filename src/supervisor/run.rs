@@ -44,12 +44,18 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(120);
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 /// The longest blocking watch of the key.
 const WATCH_WAIT: Duration = Duration::from_secs(30);
+/// neard that exits sooner than this after its start is restarted after a
+/// backoff (doubling from 1 s up to `MAX_RESTART_BACKOFF`).
+const MIN_NEARD_UPTIME: Duration = Duration::from_secs(30);
+/// The longest wait before restarting a crash-looping neard.
+const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(30);
 
 /// Something the supervisor reacts to.
 #[derive(Debug)]
 enum Event {
-    /// A renew finished: when it was sent (CLOCK_MONOTONIC ns), its result.
+    /// A renew of `session` finished: when it was sent (CLOCK_MONOTONIC ns), its result.
     Renewed {
+        session: String,
         sent_ns: u64,
         took: Duration,
         result: Result<Duration, LockError>,
@@ -102,6 +108,11 @@ pub struct Supervisor<B: LockBackend + Clone> {
     last_key: Option<Watched>,
     /// When the last acknowledged renew (or the session's creation) was sent.
     last_renew_ns: Option<u64>,
+    /// When neard was last started, and the wait before the next start after
+    /// it exited on its own.
+    neard_started: Option<Instant>,
+    restart_backoff: Duration,
+    next_start: Option<Instant>,
 }
 
 impl<B: LockBackend + Clone> Supervisor<B> {
@@ -136,6 +147,9 @@ impl<B: LockBackend + Clone> Supervisor<B> {
             hold_off_until: None,
             last_key: None,
             last_renew_ns: None,
+            neard_started: None,
+            restart_backoff: Duration::ZERO,
+            next_start: None,
         }
     }
 
@@ -170,6 +184,16 @@ impl<B: LockBackend + Clone> Supervisor<B> {
                 break;
             }
             if self.state == State::Startup && self.neard.is_none() {
+                if let Some(wait) = self
+                    .next_start
+                    .take()
+                    .map(|t| t.saturating_duration_since(Instant::now()))
+                {
+                    tokio::select! {
+                        _ = shutdown.changed() => break,
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
                 if let Err(e) = self.start_voter() {
                     tracing::error!(error = %e, "cannot start neard as a voter; retrying in 5s");
                     tokio::select! {
@@ -198,6 +222,7 @@ impl<B: LockBackend + Clone> Supervisor<B> {
         let neard = NeardProcess::spawn(&self.fence, &self.home, &self.me.name, None)?;
         let pid = neard.neard_pid();
         self.neard = Some(neard);
+        self.neard_started = Some(Instant::now());
         self.unhealthy_since = Some(Instant::now());
         self.update(|s| s.neard_pid = pid);
         tracing::info!("neard started as a voter");
@@ -207,6 +232,13 @@ impl<B: LockBackend + Clone> Supervisor<B> {
     async fn neard_exited(&mut self, how: String) {
         tracing::warn!(how, state = self.state.as_str(), "neard exited");
         self.neard = None;
+        if self.neard_started.is_some_and(|t| t.elapsed() < MIN_NEARD_UPTIME) {
+            self.restart_backoff = (self.restart_backoff * 2).clamp(Duration::from_secs(1), MAX_RESTART_BACKOFF);
+            tracing::warn!(backoff = ?self.restart_backoff, "neard exited soon after its start: restarting it after a backoff");
+            self.next_start = Some(Instant::now() + self.restart_backoff);
+        } else {
+            self.restart_backoff = Duration::ZERO;
+        }
         self.handle.metrics.neard_restarted();
         self.update(|s| {
             s.neard_restarts += 1;
@@ -216,13 +248,20 @@ impl<B: LockBackend + Clone> Supervisor<B> {
             // neard is dead, so releasing is safe; no lock-delay for the next holder.
             self.release(b"").await;
         }
+        // Back to Startup: no longer a synced standby, so no session either
+        // (`register` creates a new one).
+        self.end_session().await;
         self.set_state(State::Startup);
     }
 
     async fn handle_event(&mut self, event: Event) {
         match event {
             Event::Health(result) => self.on_health(result).await,
-            Event::Renewed { sent_ns, took, result } => self.on_renewed(sent_ns, took, result).await,
+            // A renew of an older session must neither move the fence deadline nor end this one.
+            Event::Renewed { session, .. } if self.session.as_ref() != Some(&session) => {}
+            Event::Renewed {
+                sent_ns, took, result, ..
+            } => self.on_renewed(sent_ns, took, result).await,
             Event::Watched(result) => self.on_watched(result).await,
         }
     }
@@ -450,6 +489,7 @@ impl<B: LockBackend + Clone> Supervisor<B> {
             Ok(neard) => {
                 let pid = neard.neard_pid();
                 self.neard = Some(neard);
+                self.neard_started = Some(Instant::now());
                 self.unhealthy_since = None;
                 self.update(|s| s.neard_pid = pid);
                 self.publish_lease();
@@ -474,6 +514,8 @@ impl<B: LockBackend + Clone> Supervisor<B> {
     async fn step_down(&mut self, value: &[u8]) {
         self.stop_neard(true).await;
         self.release(value).await;
+        // Released first, so destroying the session sets no lock-delay.
+        self.end_session().await;
         self.set_state(State::Startup);
     }
 
@@ -555,6 +597,7 @@ impl<B: LockBackend + Clone> Supervisor<B> {
         };
         self.stop_neard(false).await;
         self.release(&value).await;
+        self.end_session().await;
         // Let the others take it before contending again ourselves.
         self.hold_off_until = Some(Instant::now() + (self.lease.renew_interval * 4).max(Duration::from_secs(2)));
         self.set_state(State::Startup);
@@ -607,7 +650,13 @@ impl<B: LockBackend + Clone> Supervisor<B> {
                     // Say we are a standby: the holder counts these before a handover.
                     announced = backend.acquire(&standby_key, &session, b"{}").await.unwrap_or(false);
                 }
-                if events.send(Event::Renewed { sent_ns, took, result }).await.is_err() {
+                let renewed = Event::Renewed {
+                    session: session.clone(),
+                    sent_ns,
+                    took,
+                    result,
+                };
+                if events.send(renewed).await.is_err() {
                     return;
                 }
             }

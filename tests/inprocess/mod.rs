@@ -331,7 +331,14 @@ impl TestCluster {
 
     /// The value of `key` in node `id`'s applied state.
     pub fn value(&self, id: NodeId, key: &str) -> Option<Vec<u8>> {
-        self.node(id).state.read().state.lock.kv.get(key).map(|e| e.value.clone())
+        self.node(id)
+            .state
+            .read()
+            .state
+            .lock
+            .kv
+            .get(key)
+            .map(|e| e.value.clone())
     }
 
     /// How many install_snapshot RPCs have been delivered to `id`.
