@@ -276,9 +276,16 @@ impl LockService {
             .cluster_client(&member.addr)
             .map_err(|e| LockError::Unavailable(e.to_string()))?;
         let json = serde_json::to_vec(req).map_err(|e| LockError::Rejected(e.to_string()))?;
-        let timeout = deadline
+        // One attempt must not eat the whole budget: a leader that vanished
+        // (its host cut off) would hold every request until the deadline,
+        // while a new leader is elected within seconds.
+        let remaining = deadline
             .saturating_duration_since(Instant::now())
             .max(Duration::from_millis(100));
+        let timeout = match req {
+            LeaderRequest::Read(read) if read.index > 0 => remaining,
+            _ => remaining.min((self.lease * 2).max(Duration::from_secs(2))),
+        };
         let call = client.lock(peers.request(pb::RaftPayload { json }, timeout, Some(leader)));
         let reply = match tokio::time::timeout(timeout, call).await {
             Err(_) => {

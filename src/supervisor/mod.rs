@@ -3,7 +3,7 @@
 //!
 //! * `run`: the state machine (kuutamod's states) driving everything.
 //! * `neard`: neard's home (keys, config.json), process and health.
-//! * `lease`: the holder's lease deadline on CLOCK_MONOTONIC.
+//! * `lease`: the holder's lease deadline on CLOCK_BOOTTIME.
 //! * `fence`: the process that kills validator neard at the deadline, or at
 //!   once if the agent dies.
 //! * `status`: what `status`, the metrics and `handover` see.

@@ -218,7 +218,7 @@ pub struct NeardProcess {
 
 impl NeardProcess {
     /// Starts neard under a fence: with `deadline_ns` the fence SIGKILLs neard
-    /// at that CLOCK_MONOTONIC time unless moved; it always kills neard if this
+    /// at that CLOCK_BOOTTIME time unless moved; it always kills neard if this
     /// agent dies (its control pipe closes).
     pub fn spawn(
         fence: &Path,

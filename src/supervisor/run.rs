@@ -53,7 +53,7 @@ const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(30);
 /// Something the supervisor reacts to.
 #[derive(Debug)]
 enum Event {
-    /// A renew of `session` finished: when it was sent (CLOCK_MONOTONIC ns), its result.
+    /// A renew of `session` finished: when it was sent (CLOCK_BOOTTIME ns), its result.
     Renewed {
         session: String,
         sent_ns: u64,
@@ -98,7 +98,7 @@ pub struct Supervisor<B: LockBackend + Clone> {
     events_tx: mpsc::Sender<Event>,
     events: Option<mpsc::Receiver<Event>>,
     tasks: Vec<JoinHandle<()>>,
-    /// Fence deadline while validating (CLOCK_MONOTONIC ns).
+    /// Fence deadline while validating (CLOCK_BOOTTIME ns).
     deadline_ns: u64,
     /// Since when neard has been unhealthy or syncing.
     unhealthy_since: Option<Instant>,
@@ -644,7 +644,13 @@ impl<B: LockBackend + Clone> Supervisor<B> {
                 tick.tick().await;
                 let sent_ns = lease::monotonic_ns();
                 let started = std::time::Instant::now();
-                let result = backend.renew_session(&session).await;
+                // Each renew is bounded by the interval, so every tick sends a
+                // fresh renew (with a fresh send time) to the current leader.
+                let bound = interval.max(Duration::from_millis(500));
+                let result = match tokio::time::timeout(bound, backend.renew_session(&session)).await {
+                    Ok(result) => result,
+                    Err(_) => Err(LockError::Unavailable(format!("renew timed out after {bound:?}"))),
+                };
                 let took = started.elapsed();
                 if result.is_ok() && !announced {
                     // Say we are a standby: the holder counts these before a handover.

@@ -39,10 +39,16 @@
 //! `FAILOVERD_REQUIRE_NETNS=1`, which turns the skip into a failure. Dropping the
 //! cluster kills every agent and deletes the namespaces, also when a test panics
 //! (and then prints the tail of every agent's log first).
+//!
+//! `validators` gives validator hosts a neard (fake-neard) with a shared
+//! signature ledger, and runs failover scenarios on them. Agents get the
+//! variables added with [`NetCluster::set_env`]. `benches/failover.rs` includes
+//! this harness too (`#[path]`).
 #![allow(dead_code)]
 
 pub mod http;
 pub mod topology;
+pub mod validators;
 
 use std::fmt::Write as _;
 use std::os::unix::process::CommandExt as _;
@@ -102,6 +108,8 @@ pub struct Host {
 pub struct NetCluster {
     pub hosts: Vec<Host>,
     pub dir: tempfile::TempDir,
+    /// Extra environment of every agent started from now on (and so of its neard).
+    pub env: Vec<(String, String)>,
     /// Dropped after `Drop for NetCluster` has killed the agents.
     topo: Topology,
 }
@@ -181,7 +189,12 @@ impl NetCluster {
                 }
             })
             .collect();
-        let cluster = NetCluster { hosts, dir, topo };
+        let cluster = NetCluster {
+            hosts,
+            dir,
+            env: Vec::new(),
+            topo,
+        };
         for i in 0..cluster.hosts.len() {
             cluster.write_config(i);
         }
@@ -204,6 +217,11 @@ impl NetCluster {
     pub fn set_extra_toml(&mut self, i: usize, toml: &str) {
         self.hosts[i].extra_toml = toml.to_string();
         self.write_config(i);
+    }
+
+    /// Adds an environment variable for every agent started from now on.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.push((key.to_string(), value.to_string()));
     }
 
     /// (Re)writes host `i`'s config file.
@@ -233,6 +251,7 @@ impl NetCluster {
     /// not outlive a killed test process: start agents from the test's own thread,
     /// not from `spawn_blocking`.
     pub fn start(&mut self, i: usize) {
+        let env = self.env.clone();
         let h = &mut self.hosts[i];
         assert!(h.child.is_none(), "agent on {} already started", h.name);
         let log = std::fs::OpenOptions::new()
@@ -254,6 +273,7 @@ impl NetCluster {
                 cmd.env_remove(key);
             }
         }
+        cmd.envs(env);
         // SAFETY: the closure runs between fork and exec and only makes one
         // async-signal-safe syscall (prctl); `ip netns exec` then execs the agent
         // in the same process, which keeps the parent-death signal.
