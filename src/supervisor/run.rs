@@ -634,6 +634,8 @@ impl<B: LockBackend + Clone> Supervisor<B> {
 
     fn spawn_renew(&mut self) {
         let (backend, events, interval) = (self.backend.clone(), self.events_tx.clone(), self.lease.renew_interval);
+        // Half the holder's lease: long enough under load, short enough to try again in time.
+        let lease_left = self.lease.session_ttl.saturating_sub(self.lease.fence_margin);
         let Some(session) = self.session.clone() else { return };
         let standby_key = format!("{}/standby/{}", self.key, self.me.name);
         self.tasks.push(tokio::spawn(async move {
@@ -646,7 +648,7 @@ impl<B: LockBackend + Clone> Supervisor<B> {
                 let started = std::time::Instant::now();
                 // Each renew is bounded by the interval, so every tick sends a
                 // fresh renew (with a fresh send time) to the current leader.
-                let bound = interval.max(Duration::from_millis(500));
+                let bound = (lease_left / 2).max(interval);
                 let result = match tokio::time::timeout(bound, backend.renew_session(&session)).await {
                     Ok(result) => result,
                     Err(_) => Err(LockError::Unavailable(format!("renew timed out after {bound:?}"))),
