@@ -43,6 +43,10 @@ use crate::lock::state::LockCommand;
 use crate::lock::state::LockResult;
 use codec::CodecError;
 
+/// Bodies up to this size are read, then refused with Consul's 413 when over
+/// 512 KiB; larger ones are refused before reading, which closes the connection
+/// under a client still sending.
+const READ_LIMIT: usize = 4 * 1024 * 1024;
 /// The datacenter name reported to clients.
 pub const DATACENTER: &str = "dc1";
 
@@ -84,7 +88,7 @@ pub fn router(lock: Arc<LockService>, cfg: &Config) -> Result<Router, ConfigErro
         .route("/v1/agent/self", get(agent_self))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(api.clone(), acl))
-        .layer(axum::extract::DefaultBodyLimit::max(codec::MAX_VALUE_SIZE + 1))
+        .layer(axum::extract::DefaultBodyLimit::max(READ_LIMIT))
         .with_state(api))
 }
 
