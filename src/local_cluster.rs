@@ -311,19 +311,33 @@ impl Drop for LocalCluster {
     }
 }
 
-/// A port that was free a moment ago and that this process has not handed
-/// out before: the kernel may return a just-released port again, and two
-/// listeners of one cluster (or of two clusters of one test binary) on the
-/// same port make an agent or neard fail to start.
-fn free_port() -> std::io::Result<u16> {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
-    for _ in 0..100 {
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        if !given.contains(&port) {
-            given.push(port);
+/// A free port on 127.0.0.1 that this process has not handed out before.
+///
+/// Ports come from below the kernel's ephemeral range (32768..61000 by
+/// default), so a port released here cannot be taken in the meantime as the
+/// source port of some outgoing connection (which made agents fail to bind
+/// their API on a busy CI box). Each process starts at a random point of the
+/// range and walks on, so tests of one binary never get the same port twice.
+pub fn free_port() -> std::io::Result<u16> {
+    use std::sync::atomic::AtomicU32;
+    use std::sync::atomic::Ordering;
+    const LOW: u32 = 12_000;
+    const SPAN: u32 = 20_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        rand::random::<u32>() % SPAN,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..SPAN {
+        let port = (LOW + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return Ok(port);
         }
     }
-    Err(std::io::Error::other("no free port that was not handed out already"))
+    Err(std::io::Error::other(format!(
+        "no free port in 127.0.0.1:{LOW}..{}",
+        LOW + SPAN
+    )))
 }

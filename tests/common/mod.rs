@@ -4,7 +4,6 @@
 #![allow(dead_code)]
 
 use std::fmt::Write as _;
-use std::net::TcpListener;
 use std::path::Path;
 use std::path::PathBuf;
 use std::process::Child;
@@ -22,12 +21,10 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_failoverd");
 /// Generous upper bound for anything cluster-wide to happen on a loaded CI box.
 pub const PATIENCE: Duration = Duration::from_secs(60);
 
-/// A free TCP port on 127.0.0.1 (released before returning; a race, rarely lost).
+/// A free TCP port on 127.0.0.1, outside the ephemeral range and never handed
+/// out twice in one test binary (see `failoverd::local_cluster::free_port`).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free port")
+    failoverd::local_cluster::free_port().expect("no free port")
 }
 
 /// One agent of a test cluster.
