@@ -366,6 +366,34 @@ impl NetCluster {
         self.topo.lossy(i, percent, rate)
     }
 
+    /// Drops everything host `i` sends (`outbound`) or receives (`!outbound`)
+    /// on the cluster network, and nothing the other way. Undone by `clear_netem`.
+    pub fn cut_one_way(&self, i: usize, outbound: bool) -> Result<(), String> {
+        self.topo.cut_one_way(i, outbound)
+    }
+
+    /// Pids of the processes in host `i`'s namespace whose program is `name`
+    /// (e.g. "fake-neard").
+    pub fn pids_of(&self, i: usize, name: &str) -> Vec<i32> {
+        let pids = topology::run("ip", &["netns", "pids", &self.hosts[i].ns]).unwrap_or_default();
+        pids.split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+            .filter(|pid| {
+                std::fs::read_link(format!("/proc/{pid}/exe"))
+                    .is_ok_and(|exe| exe.file_name().is_some_and(|n| n.to_string_lossy() == name))
+            })
+            .collect()
+    }
+
+    /// SIGKILLs every process named `name` in host `i`'s namespace; how many.
+    pub fn kill9_named(&self, i: usize, name: &str) -> usize {
+        let pids = self.pids_of(i, name);
+        for &pid in &pids {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        pids.len()
+    }
+
     /// Frames the impairment of host `i`'s link has dropped so far (both directions).
     pub fn dropped(&self, i: usize) -> u64 {
         self.topo.dropped(i)

@@ -245,36 +245,22 @@ impl Topology {
     }
 
     /// Random loss of `percent`% of frames in each direction of host `i`'s link,
-    /// the rest limited to `rate`, without `sch_netem`: an HTB root whose classic
-    /// BPF filter sends a random share of frames to a class whose fifo holds none.
+    /// the rest limited to `rate`, without `sch_netem` (see [`Self::impair`]).
     pub fn lossy(&self, i: usize, percent: f64, rate: &str) -> Result<(), String> {
-        let threshold = ((percent / 100.0) * f64::from(u32::MAX)) as u32;
-        // ld rand; jge #threshold -> pass; ret -1 (the filter's class: drop); pass: ret 0 (no match)
-        let bytecode = format!("4,32 0 0 4294963256,53 1 0 {threshold},6 0 0 4294967295,6 0 0 0");
         for (ns, dev) in self.ends(i) {
-            let _ = run("tc", &["-n", &ns, "qdisc", "del", "dev", &dev, "root"]);
-            let tc = |args: &[&str]| {
-                let mut all = vec!["-n", ns.as_str()];
-                all.extend_from_slice(args);
-                run("tc", &all)
-            };
-            tc(&[
-                "qdisc", "add", "dev", &dev, "root", "handle", "1:", "htb", "default", "1",
-            ])?;
-            for class in ["1:1", "1:2"] {
-                tc(&[
-                    "class", "add", "dev", &dev, "parent", "1:", "classid", class, "htb", "rate", rate, "quantum",
-                    "1514",
-                ])?;
-            }
-            tc(&[
-                "qdisc", "add", "dev", &dev, "parent", "1:2", "handle", "2:", "pfifo", "limit", "0",
-            ])?;
-            tc(&[
-                "filter", "add", "dev", &dev, "parent", "1:", "bpf", "bytecode", &bytecode, "classid", "1:2",
-            ])?;
+            impair(&ns, &dev, percent, rate)?;
         }
         Ok(())
+    }
+
+    /// Drops every frame host `i` sends (`outbound`) or every frame sent to it
+    /// (`!outbound`), and nothing in the other direction: a one-way cut.
+    pub fn cut_one_way(&self, i: usize, outbound: bool) -> Result<(), String> {
+        let [(sw, port), (host, dev)] = self.ends(i);
+        // A qdisc shapes what leaves an interface: the host's eth0 sends what
+        // the host sends, the switch port sends what the host receives.
+        let (ns, dev) = if outbound { (host, dev) } else { (sw, port) };
+        impair(&ns, &dev, 100.0, "1gbit")
     }
 
     /// Frames dropped so far by the impairments on both ends of host `i`'s link.
@@ -317,6 +303,39 @@ impl Drop for Topology {
             }
         }
     }
+}
+
+/// On interface `dev` of namespace `ns`, drops `percent`% of the frames it
+/// sends, at random, and limits the rest to `rate`, without `sch_netem`: an HTB
+/// root whose classic BPF filter sends a random share of frames to a class
+/// whose fifo holds none. Replaces whatever qdisc was there.
+fn impair(ns: &str, dev: &str, percent: f64, rate: &str) -> Result<(), String> {
+    let threshold = ((percent / 100.0) * f64::from(u32::MAX)) as u32;
+    // ld rand; jge #threshold -> pass; ret -1 (the filter's class: drop); pass: ret 0 (no match).
+    // At 100% the threshold is u32::MAX, which no random value reaches but
+    // u32::MAX itself: one frame in 2^32 passes.
+    let bytecode = format!("4,32 0 0 4294963256,53 1 0 {threshold},6 0 0 4294967295,6 0 0 0");
+    let _ = run("tc", &["-n", ns, "qdisc", "del", "dev", dev, "root"]);
+    let tc = |args: &[&str]| {
+        let mut all = vec!["-n", ns];
+        all.extend_from_slice(args);
+        run("tc", &all)
+    };
+    tc(&[
+        "qdisc", "add", "dev", dev, "root", "handle", "1:", "htb", "default", "1",
+    ])?;
+    for class in ["1:1", "1:2"] {
+        tc(&[
+            "class", "add", "dev", dev, "parent", "1:", "classid", class, "htb", "rate", rate, "quantum", "1514",
+        ])?;
+    }
+    tc(&[
+        "qdisc", "add", "dev", dev, "parent", "1:2", "handle", "2:", "pfifo", "limit", "0",
+    ])?;
+    tc(&[
+        "filter", "add", "dev", dev, "parent", "1:", "bpf", "bytecode", &bytecode, "classid", "1:2",
+    ])?;
+    Ok(())
 }
 
 /// Name of host `i`'s port on the switch.
