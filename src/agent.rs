@@ -306,17 +306,41 @@ impl Agent {
         Ok(())
     }
 
-    /// Resolves if a server ends on its own (a failure); names it.
+    /// Resolves if a server ends on its own or Raft stops on a fatal error
+    /// (a storage failure such as a full disk); names it. The agent then
+    /// exits non-zero, so that it is restarted on a working store rather than
+    /// lingering without Raft: sled keeps failing after its first I/O error,
+    /// even once space is freed.
     pub async fn failed(&mut self) -> String {
-        if self.servers.is_empty() {
-            return std::future::pending().await;
+        let metrics = self.node.as_ref().map(|node| node.raft().metrics());
+        let raft_stopped = async move {
+            let Some(mut metrics) = metrics else {
+                return std::future::pending().await;
+            };
+            loop {
+                if let Err(e) = &metrics.borrow_and_update().running_state {
+                    return format!("raft stopped: {e}");
+                }
+                if metrics.changed().await.is_err() {
+                    return "raft stopped (its metrics ended)".to_string();
+                }
+            }
+        };
+        let servers = async {
+            if self.servers.is_empty() {
+                return std::future::pending().await;
+            }
+            let handles = self.servers.iter_mut().map(|(name, handle)| {
+                let name = *name;
+                Box::pin(async move { format!("{name} server stopped: {:?}", handle.await) })
+            });
+            let (message, _, _) = futures_select_all(handles).await;
+            message
+        };
+        tokio::select! {
+            message = raft_stopped => message,
+            message = servers => message,
         }
-        let handles = self.servers.iter_mut().map(|(name, handle)| {
-            let name = *name;
-            Box::pin(async move { format!("{name} server stopped: {:?}", handle.await) })
-        });
-        let (message, _, _) = futures_select_all(handles).await;
-        message
     }
 
     /// Stops accepting, stops Raft, flushes. Each step is bounded.

@@ -46,6 +46,23 @@ fn replay_seed() -> Option<u64> {
     env("SEED").map(|s| s.parse().expect("FAILOVERD_NEMESIS_SEED must be a number"))
 }
 
+/// The kinds in `FAILOVERD_NEMESIS_KINDS` (comma-separated), else all.
+fn kinds() -> Vec<faults::schedule::Kind> {
+    use faults::schedule::Kind;
+    match env("KINDS") {
+        None => Kind::ALL.to_vec(),
+        Some(list) => list
+            .split(',')
+            .map(|name| {
+                Kind::parse(name.trim()).unwrap_or_else(|| {
+                    let known: Vec<&str> = Kind::ALL.iter().map(|k| k.name()).collect();
+                    panic!("FAILOVERD_NEMESIS_KINDS: no fault kind {name:?} (known: {known:?})")
+                })
+            })
+            .collect(),
+    }
+}
+
 /// Runs `opts` and fails on any violation (the report is printed either way).
 async fn check(opts: Options) {
     let Some(report) = faults::run(opts.clone()).await else {
@@ -72,6 +89,7 @@ async fn three_hosts_survive_short_fault_schedules() {
             steps: SHORT_STEPS,
             duration: None,
             ttl: SHORT_TTL,
+            kinds: kinds(),
         })
         .await;
     }
@@ -87,6 +105,7 @@ async fn five_hosts_survive_a_short_fault_schedule() {
         steps: SHORT_STEPS,
         duration: None,
         ttl: SHORT_TTL,
+        kinds: kinds(),
     })
     .await;
 }
@@ -114,6 +133,7 @@ async fn soak() {
         steps: (duration.as_secs() as usize).max(1),
         duration: Some(duration),
         ttl,
+        kinds: kinds(),
     })
     .await;
 }

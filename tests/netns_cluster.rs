@@ -316,3 +316,53 @@ async fn deposed_leader_never_acknowledges_a_renew() {
     let (index, _) = cluster.wait_converged(&ALL, 1).await;
     println!("healed and converged at index {index}");
 }
+
+/// An agent whose data disk fills up exits (code 1, "raft stopped") instead of
+/// lingering without Raft, and once there is space again and it is started
+/// again, it rejoins and catches up. Found by the nemesis (`disk-full`): sled
+/// keeps failing after its first I/O error, so agents stayed broken after the
+/// disk was freed, and with two of them so the cluster lost its quorum for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_on_a_full_disk_exits_and_rejoins_once_restarted_with_space() {
+    let Some(mut c) = NetCluster::new(&ROLES) else {
+        return;
+    };
+    c.small_disk(0, 16).expect("a small data disk for host1");
+    c.start_all();
+    c.wait_leader(&ALL).await;
+    c.put_eventually(1, "before", "full").await;
+    let filled = c.fill_disk(0).expect("fill host1's disk");
+    println!("host1's disk filled with {} KiB", filled / 1024);
+
+    // The others are a majority: writes go on, and host1 must store them too.
+    let deadline = Instant::now() + netns::PATIENCE;
+    let mut n = 0;
+    while c.running(0) {
+        assert!(
+            Instant::now() < deadline,
+            "host1 still runs {:?} after its disk filled up\n{}",
+            netns::PATIENCE,
+            c.logs()
+        );
+        let _ = c
+            .put_within(1, &format!("while-full-{n}"), "x", Duration::from_secs(5))
+            .await;
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = c.exit_status(0).expect("host1 exited");
+    assert_eq!(status.code(), Some(1), "host1's exit: {status:?}");
+    let log = std::fs::read_to_string(&c.hosts[0].log).unwrap_or_default();
+    assert!(
+        log.contains("raft stopped"),
+        "host1's log does not say why it stopped:\n{}",
+        c.logs()
+    );
+
+    c.free_disk(0);
+    c.kill9(0);
+    c.start(0);
+    let index = c.put_eventually(1, "after", "space").await;
+    c.wait_converged(&ALL, index).await;
+    assert_eq!(c.get(0, "after").await.as_deref(), Some("space"));
+}

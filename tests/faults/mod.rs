@@ -50,6 +50,9 @@ pub const LIVENESS_SLACK: Duration = Duration::from_secs(10);
 /// fake-neard's block interval: the ledger's resolution.
 const BLOCK_MS: u64 = 50;
 
+/// Size of every host's data disk (a tmpfs, so `disk-full` can fill it).
+const DISK_MIB: u64 = 64;
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -62,6 +65,8 @@ pub struct Options {
     pub duration: Option<Duration>,
     /// The validators' `lock.session_ttl`.
     pub ttl: Duration,
+    /// The kinds of fault to inject (normally all).
+    pub kinds: Vec<Kind>,
 }
 
 /// One injected fault.
@@ -96,6 +101,8 @@ struct Run {
     paused: BTreeSet<usize>,
     /// Agents that exited without being killed: a bug.
     crashes: Vec<String>,
+    /// Length of each host's log when its agent last started.
+    log_start: Vec<usize>,
 }
 
 /// Runs `opts`; `None` if network namespaces cannot be used here (the harness
@@ -111,11 +118,23 @@ pub async fn run(opts: Options) -> Option<Report> {
         down: BTreeSet::new(),
         paused: BTreeSet::new(),
         crashes: Vec::new(),
+        log_start: vec![0; opts.roles.len()],
         opts,
     };
     let lock_toml = format!("[lock]\nsession_ttl = \"{}ms\"\n", run.opts.ttl.as_millis());
     run.ledger = run.cluster.with_fake_neard(&lock_toml, BLOCK_MS);
-    let steps = schedule::generate(run.opts.seed, run.opts.steps, run.opts.roles.len(), run.opts.ttl);
+    for i in run.cluster.all() {
+        if let Err(e) = run.cluster.small_disk(i, DISK_MIB) {
+            panic!("cannot give {} a small data disk: {e}", run.name(i));
+        }
+    }
+    let steps = schedule::generate(
+        run.opts.seed,
+        run.opts.steps,
+        run.opts.roles.len(),
+        run.opts.ttl,
+        &run.opts.kinds,
+    );
     say(&format!(
         "nemesis: seed {} ({} hosts {:?}, session_ttl {:?}, {} steps{}); replay with FAILOVERD_NEMESIS_SEED={}",
         run.opts.seed,
@@ -265,6 +284,10 @@ impl Run {
                 self.cluster.sigstop(host);
                 self.paused.insert(host);
             }
+            Kind::DiskFull => {
+                let filled = self.cluster.fill_disk(host).expect("fill the data disk");
+                let _ = write!(detail, " ({} KiB filled)", filled / 1024);
+            }
         }
         let role = if Some(host) == holder { "holder" } else { "not holder" };
         say(&format!(
@@ -274,6 +297,9 @@ impl Run {
             self.name(host)
         ));
         tokio::time::sleep(step.hold).await;
+        if step.kind == Kind::DiskFull {
+            self.cluster.free_disk(host);
+        }
         self.heal_all();
         Injected {
             step: step.clone(),
@@ -282,6 +308,12 @@ impl Run {
             start_ns,
             end_ns: 0,
         }
+    }
+
+    /// Starts host `i`'s agent, noting where its log continues.
+    fn start(&mut self, i: usize) {
+        self.log_start[i] = std::fs::metadata(&self.cluster.hosts[i].log).map_or(0, |m| m.len() as usize);
+        self.cluster.start(i);
     }
 
     fn kill_agent(&mut self, i: usize) {
@@ -300,23 +332,39 @@ impl Run {
         for i in std::mem::take(&mut self.paused) {
             self.cluster.sigcont(i);
         }
+        self.supervise();
+    }
+
+    /// Starts every agent that is not running, as systemd would; an agent
+    /// that died without being killed, and not because its disk was full, is
+    /// recorded as a crash.
+    fn supervise(&mut self) {
         for i in self.cluster.all() {
             if self.cluster.running(i) {
                 continue;
             }
             if !self.down.remove(&i) {
-                let line = format!("{} exited without being killed ({:.1}s)", self.name(i), self.elapsed());
-                say(&format!("nemesis: {line}"));
-                self.crashes.push(line);
+                // Stopping on a full disk is what the agent should do (sled may
+                // report the error only at a later write, after the space is
+                // back); it must come back when started again with space.
+                let log = std::fs::read_to_string(&self.cluster.hosts[i].log).unwrap_or_default();
+                let since_start = log.get(self.log_start[i]..).unwrap_or_default();
+                if since_start.contains("No space left on device") {
+                    say(&format!("nemesis: {} stopped after its disk filled up", self.name(i)));
+                } else {
+                    let line = format!("{} exited without being killed ({:.1}s)", self.name(i), self.elapsed());
+                    say(&format!("nemesis: {line}"));
+                    self.crashes.push(line);
+                }
                 self.cluster.kill9(i);
             }
-            self.cluster.start(i);
+            self.start(i);
         }
     }
 
     /// Every host's (applied index, state digest) once they agree at or past
     /// `min_index`, or what they last reported.
-    async fn converge(&self, min_index: u64) -> Result<(u64, String), String> {
+    async fn converge(&mut self, min_index: u64) -> Result<(u64, String), String> {
         let deadline = Instant::now() + PATIENCE;
         loop {
             let mut seen = Vec::new();
@@ -340,11 +388,12 @@ impl Run {
                 ));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
+            self.supervise();
         }
     }
 
     /// The checks after the final heal, and the report.
-    async fn finish(self, work: Workload, injected: Vec<Injected>, begin_ns: u64, heal_ns: u64) -> Report {
+    async fn finish(mut self, work: Workload, injected: Vec<Injected>, begin_ns: u64, heal_ns: u64) -> Report {
         let mut report = Report::default();
         let bound = self.opts.ttl + self.lease.lock_delay + LIVENESS_SLACK;
 
@@ -359,7 +408,10 @@ impl Run {
             match first {
                 Some(t) => break Some(Duration::from_nanos(t - heal_ns)),
                 None if Instant::now() >= deadline => break None,
-                None => tokio::time::sleep(Duration::from_millis(50)).await,
+                None => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    self.supervise();
+                }
             }
         };
         match signed_after_heal {

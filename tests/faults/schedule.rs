@@ -38,11 +38,14 @@ pub enum Kind {
     Pause,
     /// `kill -9` of the agent and an immediate start on the same data dir.
     Restart,
+    /// The agent's data disk (a small tmpfs) filled up, freed at the heal; an
+    /// agent that exited meanwhile is started again, as systemd would.
+    DiskFull,
 }
 
 impl Kind {
     /// Every kind, in report order.
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 11] = [
         Kind::Isolate,
         Kind::Split,
         Kind::DropInbound,
@@ -53,6 +56,7 @@ impl Kind {
         Kind::KillBoth,
         Kind::Pause,
         Kind::Restart,
+        Kind::DiskFull,
     ];
 
     /// The name used in schedules and reports.
@@ -68,7 +72,13 @@ impl Kind {
             Kind::KillBoth => "kill-both",
             Kind::Pause => "pause",
             Kind::Restart => "restart",
+            Kind::DiskFull => "disk-full",
         }
+    }
+
+    /// The kind called `name`.
+    pub fn parse(name: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.name() == name)
     }
 
     /// Whether the fault needs a host that runs neard (a validator).
@@ -136,14 +146,15 @@ impl fmt::Display for Step {
 /// steps hit the lock holder, a quarter the Raft leader, the rest a random
 /// host. Network faults last from under to over the TTL (some force a
 /// takeover, some must not); a pause always outlasts it.
-pub fn generate(seed: u64, steps: usize, hosts: usize, ttl: Duration) -> Vec<Step> {
+/// Only `kinds` are dealt (normally [`Kind::ALL`]).
+pub fn generate(seed: u64, steps: usize, hosts: usize, ttl: Duration, kinds: &[Kind]) -> Vec<Step> {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut deck: Vec<Kind> = Vec::new();
     let ttl_ms = ttl.as_millis() as u64;
     (0..steps)
         .map(|_| {
             if deck.is_empty() {
-                deck = Kind::ALL.to_vec();
+                deck = kinds.to_vec();
                 deck.shuffle(&mut rng);
             }
             let kind = deck.pop().unwrap_or(Kind::Isolate);
@@ -157,7 +168,7 @@ pub fn generate(seed: u64, steps: usize, hosts: usize, ttl: Duration) -> Vec<Ste
                 Kind::Restart => 0,
                 Kind::KillNeard => rng.gen_range(1_000..=3_000),
                 Kind::KillAgent | Kind::KillBoth => rng.gen_range(500..=ttl_ms + 2_000),
-                Kind::Lossy => rng.gen_range(2_000..=ttl_ms * 2),
+                Kind::Lossy | Kind::DiskFull => rng.gen_range(2_000..=ttl_ms * 2),
                 Kind::Isolate | Kind::Split | Kind::DropInbound | Kind::DropOutbound => {
                     rng.gen_range(ttl_ms / 2..=ttl_ms * 2)
                 }
@@ -182,15 +193,15 @@ mod tests {
     #[test]
     fn a_seed_replays_its_schedule() {
         let ttl = Duration::from_secs(6);
-        assert_eq!(generate(7, 30, 3, ttl), generate(7, 30, 3, ttl));
-        assert_ne!(generate(7, 30, 3, ttl), generate(8, 30, 3, ttl));
+        assert_eq!(generate(7, 30, 3, ttl, &Kind::ALL), generate(7, 30, 3, ttl, &Kind::ALL));
+        assert_ne!(generate(7, 30, 3, ttl, &Kind::ALL), generate(8, 30, 3, ttl, &Kind::ALL));
     }
 
     /// Every deck covers every kind, and pauses outlast the TTL.
     #[test]
     fn decks_cover_every_kind_and_pauses_outlast_the_ttl() {
         let ttl = Duration::from_secs(3);
-        let steps = generate(1, Kind::ALL.len() * 3, 5, ttl);
+        let steps = generate(1, Kind::ALL.len() * 3, 5, ttl, &Kind::ALL);
         for deck in steps.chunks(Kind::ALL.len()) {
             let mut kinds: Vec<Kind> = deck.iter().map(|s| s.kind).collect();
             kinds.sort();

@@ -46,6 +46,7 @@
 //! this harness too (`#[path]`).
 #![allow(dead_code)]
 
+pub mod disk;
 pub mod http;
 pub mod topology;
 pub mod validators;
@@ -110,6 +111,8 @@ pub struct NetCluster {
     pub dir: tempfile::TempDir,
     /// Extra environment of every agent started from now on (and so of its neard).
     pub env: Vec<(String, String)>,
+    /// Data dirs mounted as small disks, unmounted on drop.
+    mounts: Vec<PathBuf>,
     /// Dropped after `Drop for NetCluster` has killed the agents.
     topo: Topology,
 }
@@ -193,6 +196,7 @@ impl NetCluster {
             hosts,
             dir,
             env: Vec::new(),
+            mounts: Vec::new(),
             topo,
         };
         for i in 0..cluster.hosts.len() {
@@ -299,6 +303,11 @@ impl NetCluster {
         }
     }
 
+    /// How host `i`'s agent exited, if it has.
+    pub fn exit_status(&mut self, i: usize) -> Option<std::process::ExitStatus> {
+        self.hosts[i].child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
     /// Host `i`'s agent's pid, if started.
     pub fn pid(&self, i: usize) -> Option<u32> {
         self.hosts[i].child.as_ref().map(Child::id)
@@ -402,6 +411,25 @@ impl NetCluster {
     /// Removes any netem or lossy impairment of host `i`'s link.
     pub fn clear_netem(&self, i: usize) {
         self.topo.clear(i);
+    }
+
+    /// Puts host `i`'s data dir on its own tmpfs of `mib` MiB (before its agent
+    /// first starts), so that [`Self::fill_disk`] can fill it.
+    pub fn small_disk(&mut self, i: usize, mib: u64) -> Result<(), String> {
+        let dir = self.hosts[i].data_dir.clone();
+        disk::mount_small(&dir, mib)?;
+        self.mounts.push(dir);
+        Ok(())
+    }
+
+    /// Fills host `i`'s small data disk; the bytes it took.
+    pub fn fill_disk(&self, i: usize) -> Result<u64, String> {
+        disk::fill(&self.hosts[i].data_dir)
+    }
+
+    /// Frees what [`Self::fill_disk`] took.
+    pub fn free_disk(&self, i: usize) {
+        disk::free(&self.hosts[i].data_dir);
     }
 
     /// `method url` sent from inside host `from`'s namespace, e.g. to another
@@ -560,6 +588,9 @@ impl Drop for NetCluster {
         for i in 0..self.hosts.len() {
             // A stopped process dies of SIGKILL all the same.
             self.kill9(i);
+        }
+        for dir in &self.mounts {
+            disk::unmount(dir);
         }
         // `topo` is dropped next: it kills anything left inside and deletes the namespaces.
     }

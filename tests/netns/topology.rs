@@ -94,7 +94,11 @@ pub fn remove_stale() {
     if let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if dead_owner(&name).is_some() && std::fs::remove_dir_all(entry.path()).is_ok() {
+            if dead_owner(&name).is_none() {
+                continue;
+            }
+            super::disk::unmount_under(&entry.path());
+            if std::fs::remove_dir_all(entry.path()).is_ok() {
                 say(&format!(
                     "netns harness: removed stale temp dir {}",
                     entry.path().display()
