@@ -366,3 +366,47 @@ async fn agent_on_a_full_disk_exits_and_rejoins_once_restarted_with_space() {
     c.wait_converged(&ALL, index).await;
     assert_eq!(c.get(0, "after").await.as_deref(), Some("space"));
 }
+
+/// A leader that can send but not receive (every frame to it dropped) is
+/// replaced by the other two while the one-way cut lasts, and writes commit:
+/// its heartbeats stop reaching the followers once TCP, hearing no
+/// acknowledgements, stops sending new data, long before HTTP/2 keepalive
+/// (~15 s) would drop the connections. The window is well under that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_that_cannot_hear_its_followers_is_replaced_while_the_cut_lasts() {
+    let Some((c, leader)) = started().await else {
+        return;
+    };
+    let others: Vec<usize> = ALL.into_iter().filter(|&i| i != leader).collect();
+    let old_id = c.hosts[leader].id;
+    c.cut_one_way(leader, false).expect("one-way cut");
+    let window = Duration::from_secs(12);
+    let deadline = Instant::now() + window;
+    let replaced = loop {
+        let mut ids = Vec::new();
+        for &i in &others {
+            ids.push(c.status(i).await.and_then(|s| s["leader_id"].as_u64()));
+        }
+        if let [Some(a), Some(b)] = ids[..] {
+            if a == b && a != old_id {
+                break true;
+            }
+        }
+        if Instant::now() >= deadline {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        replaced,
+        "the followers of {} (which hears nobody) elected no other leader within {window:?}\n{}",
+        c.hosts[leader].name,
+        c.logs()
+    );
+    let index = c
+        .put_within(others[0], "during-one-way-cut", "committed", Duration::from_secs(10))
+        .await
+        .expect("a write during the one-way cut");
+    c.clear_netem(leader);
+    c.wait_converged(&ALL, index).await;
+}

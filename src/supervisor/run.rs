@@ -521,9 +521,13 @@ impl<B: LockBackend + Clone> Supervisor<B> {
 
     async fn release(&mut self, value: &[u8]) {
         if let Some(session) = self.session.clone() {
-            match self.backend.release(&self.key, &session, value).await {
-                Ok(_) => tracing::info!("released the validator lock"),
-                Err(e) => tracing::warn!(error = %e, "release failed; the session will expire"),
+            // Within a TTL the session expires anyway: waiting longer (say, on a
+            // lock service whose Raft has stopped) only delays a shutdown.
+            let release = self.backend.release(&self.key, &session, value);
+            match tokio::time::timeout(self.lease.session_ttl, release).await {
+                Ok(Ok(_)) => tracing::info!("released the validator lock"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "release failed; the session will expire"),
+                Err(_) => tracing::warn!("release timed out; the session will expire"),
             }
         }
         let _ = self.home.setup_voter();
@@ -627,7 +631,8 @@ impl<B: LockBackend + Clone> Supervisor<B> {
             task.abort();
         }
         if let Some(session) = self.session.take() {
-            let _ = self.backend.destroy_session(&session).await;
+            let destroy = self.backend.destroy_session(&session);
+            let _ = tokio::time::timeout(self.lease.session_ttl, destroy).await;
         }
         self.set_state(State::Shutdown);
     }

@@ -522,6 +522,20 @@ impl Run {
             "gap (ms) after each fault on the holder: {}",
             holder_gaps.join("; ")
         ));
+        let mut worst: BTreeMap<Kind, f64> = BTreeMap::new();
+        for f in &injected {
+            let gap = check::longest_silence_ms(&signatures, f.start_ns, f.end_ns);
+            let e = worst.entry(f.step.kind).or_default();
+            *e = e.max(gap);
+        }
+        r.push(format!(
+            "longest gap (ms) during a step, by kind (any target): {}",
+            worst
+                .iter()
+                .map(|(k, g)| format!("{} {g:.0}", k.name()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
         r.push(format!(
             "after the final heal: first signature in {} (bound {bound:?})",
             signed_after_heal.map_or("never".into(), |d| format!("{d:?}"))
