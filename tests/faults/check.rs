@@ -92,6 +92,13 @@ pub fn acked_writes(writes: &[Write], fin: &[(String, String)]) -> Vec<String> {
 /// The longest time nobody signed between `from_ns` and `to_ns`, in ms, given
 /// every signature's time (any order).
 pub fn longest_silence_ms(signatures: &[u64], from_ns: u64, to_ns: u64) -> f64 {
+    let (start, end) = longest_silence(signatures, from_ns, to_ns);
+    (end - start) as f64 / 1e6
+}
+
+/// Where the longest time nobody signed between `from_ns` and `to_ns` was:
+/// (last signature before it or `from_ns`, first after it or `to_ns`).
+pub fn longest_silence(signatures: &[u64], from_ns: u64, to_ns: u64) -> (u64, u64) {
     let mut times: Vec<u64> = signatures
         .iter()
         .copied()
@@ -100,8 +107,12 @@ pub fn longest_silence_ms(signatures: &[u64], from_ns: u64, to_ns: u64) -> f64 {
     times.sort_unstable();
     let mut edges = vec![from_ns];
     edges.extend(times);
-    edges.push(to_ns);
-    edges.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0) as f64 / 1e6
+    edges.push(to_ns.max(from_ns));
+    edges
+        .windows(2)
+        .map(|w| (w[0], w[1]))
+        .max_by_key(|(a, b)| b - a)
+        .unwrap_or((from_ns, from_ns))
 }
 
 /// Handovers: tenures that start on another node than the one before.

@@ -95,6 +95,8 @@ struct Run {
     opts: Options,
     lease: LeaseConfig,
     started: Instant,
+    /// `started` on the ledger's clock.
+    started_ns: u64,
     /// Hosts whose agent the nemesis killed and has not started again.
     down: BTreeSet<usize>,
     /// Hosts whose agent the nemesis stopped (SIGSTOP).
@@ -115,6 +117,7 @@ pub async fn run(opts: Options) -> Option<Report> {
         ledger: PathBuf::new(),
         lease,
         started: Instant::now(),
+        started_ns: monotonic_ns(),
         down: BTreeSet::new(),
         paused: BTreeSet::new(),
         crashes: Vec::new(),
@@ -499,12 +502,21 @@ impl Run {
                 .collect::<Vec<_>>()
                 .join(", ")
         ));
+        let (gap_from, gap_to) = check::longest_silence(&signatures, begin_ns, end_ns);
+        let during: Vec<String> = injected
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| f.start_ns < gap_to && f.end_ns > gap_from)
+            .map(|(n, f)| format!("{} {} {}", n + 1, f.step.kind.name(), self.name(f.host)))
+            .collect();
         r.push(format!(
-            "signing: {} tenures, {} promotions (signer changed nodes), longest gap {:.0} ms, overlaps {}",
+            "signing: {} tenures, {} promotions (signer changed nodes), overlaps {}; longest gap {:.0} ms from {:.1}s, during steps [{}]",
             tenures.len(),
             check::promotions(&tenures),
-            check::longest_silence_ms(&signatures, begin_ns, end_ns),
-            failoverd::ledger::overlaps(&tenures).len()
+            failoverd::ledger::overlaps(&tenures).len(),
+            (gap_to - gap_from) as f64 / 1e6,
+            gap_from.saturating_sub(self.started_ns) as f64 / 1e9,
+            during.join(", ")
         ));
         let holder_gaps: Vec<String> = injected
             .iter()
