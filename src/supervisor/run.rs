@@ -563,7 +563,9 @@ impl<B: LockBackend + Clone> Supervisor<B> {
         self.spawn_watch();
         self.spawn_health();
         if let Some(session) = self.session.take() {
-            let _ = self.backend.destroy_session(&session).await;
+            // Bounded like `release`: a session nobody renews expires anyway.
+            let destroy = self.backend.destroy_session(&session);
+            let _ = tokio::time::timeout(self.lease.session_ttl, destroy).await;
         }
         self.last_renew_ns = None;
         self.update(|s| s.session = None);
