@@ -135,13 +135,20 @@ impl Workload {
     }
 
     /// Stops the loops (each ends within one request timeout) and returns the history.
-    pub fn stop(self) -> Result<History, String> {
+    pub fn stop(mut self) -> Result<History, String> {
         self.stop.store(true, Ordering::SeqCst);
-        for thread in self.threads {
+        for thread in std::mem::take(&mut self.threads) {
             thread.join().map_err(|_| "a workload thread panicked".to_string())??;
         }
         let history = std::mem::take(&mut *self.history.lock().map_err(|_| "history poisoned")?);
         Ok(history)
+    }
+}
+
+impl Drop for Workload {
+    /// A run that ends early (a failed wait) stops its loops too.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
     }
 }
 
