@@ -160,3 +160,41 @@ fn ledger_tail(ledger: &std::path::Path) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(40)..].join("\n")
 }
+
+/// A holder whose neard dies while it cannot reach any other host stops
+/// reporting `Validating` at once, not only after its release of the lock has
+/// waited for a leader in vain (known issue 5 in docs/failover.md: up to about
+/// 20 s of "validating" while nothing signed). Default profile, so that the
+/// release's bound (the 6 s TTL) is well over the 3 s allowed here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cut_off_holder_whose_neard_dies_stops_reporting_validating_at_once() {
+    let _serial = SERIAL.lock().await;
+    let Some(mut cluster) = NetCluster::new(&ROLES) else {
+        return;
+    };
+    let ledger = cluster.with_fake_neard("", BLOCK_MS);
+    cluster.start_all();
+    let holder = cluster.wait_validating(None).await;
+    netns::validators::wait_signing_now(&ledger, &cluster.hosts[holder].name).await;
+
+    cluster.isolate(holder);
+    assert!(cluster.kill9_named(holder, "fake-neard") > 0, "no neard to kill");
+    let killed = std::time::Instant::now();
+    let limit = Duration::from_secs(3);
+    loop {
+        let state = cluster.supervisor_state(holder).await;
+        if state.as_deref() != Some("Validating") {
+            println!(
+                "{:?} after neard's death the holder reports {state:?}",
+                killed.elapsed()
+            );
+            break;
+        }
+        assert!(
+            killed.elapsed() < limit,
+            "the cut-off holder still reports Validating {limit:?} after its neard died"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cluster.heal();
+}

@@ -244,14 +244,17 @@ impl<B: LockBackend + Clone> Supervisor<B> {
             s.neard_restarts += 1;
             s.neard_pid = None;
         });
-        if self.state == State::Validating {
+        let was_validating = self.state == State::Validating;
+        // Back to Startup first: nothing signs from now on, and status and
+        // metrics must say so while the release below waits for a leader.
+        // No longer a synced standby, so no session either (`register`
+        // creates a new one).
+        self.set_state(State::Startup);
+        if was_validating {
             // neard is dead, so releasing is safe; no lock-delay for the next holder.
             self.release(b"").await;
         }
-        // Back to Startup: no longer a synced standby, so no session either
-        // (`register` creates a new one).
         self.end_session().await;
-        self.set_state(State::Startup);
     }
 
     async fn handle_event(&mut self, event: Event) {
