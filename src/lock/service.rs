@@ -287,14 +287,35 @@ impl LockService {
             _ => remaining.min((self.lease * 2).max(Duration::from_secs(2))),
         };
         let call = client.lock(peers.request(pb::RaftPayload { json }, timeout, Some(leader)));
-        let reply = match tokio::time::timeout(timeout, call).await {
-            Err(_) => {
-                return Err(LockError::Unavailable(format!(
-                    "leader {leader} did not answer in {timeout:?}"
-                )))
+        // A call (a blocking read above all) must not stay with a leader this
+        // node has seen replaced: the old one may be cut off, and the call
+        // would wait there until HTTP/2 keepalive gives up (~15 s) while the
+        // new leader already has the answer. The caller retries it there.
+        let mut metrics = self.node.raft().metrics();
+        let replaced = async move {
+            while metrics.changed().await.is_ok() {
+                if metrics.borrow().current_leader != Some(leader) {
+                    return;
+                }
             }
-            Ok(Err(status)) => return Err(LockError::Unavailable(format!("leader {leader}: {}", status.message()))),
-            Ok(Ok(reply)) => reply.into_inner(),
+            std::future::pending().await
+        };
+        let reply = tokio::select! {
+            reply = tokio::time::timeout(timeout, call) => match reply {
+                Err(_) => {
+                    return Err(LockError::Unavailable(format!(
+                        "leader {leader} did not answer in {timeout:?}"
+                    )))
+                }
+                Ok(Err(status)) => {
+                    return Err(LockError::Unavailable(format!("leader {leader}: {}", status.message())))
+                }
+                Ok(Ok(reply)) => reply.into_inner(),
+            },
+            () = replaced => {
+                tracing::info!(leader, "leader replaced while it had a forwarded call: retrying with the new one");
+                return Err(LockError::Unavailable(format!("leader {leader} was replaced")));
+            }
         };
         serde_json::from_slice::<Result<LeaderResponse, LockError>>(&reply.json)
             .map_err(|e| LockError::Unavailable(format!("bad reply from leader {leader}: {e}")))?
