@@ -382,11 +382,22 @@ impl<B: LockBackend + Clone> Supervisor<B> {
     }
 
     async fn on_watched(&mut self, result: Result<Watched, LockError>) {
-        let Ok(watched) = result else {
+        let Ok(mut watched) = result else {
             // A failed watch (or a hold-off ending): contend on what we last saw.
             self.try_acquire().await;
             return;
         };
+        if self.state == State::Validating
+            && watched.key.as_ref().and_then(|k| k.session.as_ref()) != self.session.as_ref()
+        {
+            // An answer read before our acquire can arrive after it (the watch
+            // was under way): read afresh before believing the key is lost.
+            // The lease and the fence bound this holder whatever the answer.
+            let bound = self.lease.renew_interval.max(Duration::from_secs(1));
+            if let Ok(Ok(fresh)) = tokio::time::timeout(bound, self.backend.watch(&self.key, 0, Duration::ZERO)).await {
+                watched = fresh;
+            }
+        }
         let holder_session = watched.key.as_ref().and_then(|k| k.session.clone());
         let holder: Option<Holder> = match (&watched.key, &holder_session) {
             (Some(k), Some(_)) => serde_json::from_slice(&k.value).ok(),
