@@ -853,6 +853,20 @@ async fn arbiter_runs_no_neard_and_keeps_quorum() {
 /// A 3-node failoverd cluster serving the Consul-compatible API (sessions of
 /// 1 s allowed) and two validators using it with `backend = "consul"`.
 async fn consul_pool() -> (Consul, Pool) {
+    let consul = consul_cluster().await;
+    let lock = format!(
+        "[lock]\nbackend = \"consul\"\nconsul_url = \"http://{}\"\nsession_ttl = \"3s\"\n",
+        consul.0.nodes[0].consul
+    );
+    // Their [cluster] and [consul_api] sections are unused with this backend.
+    let mut pool = Pool::new(&[V, V], "", &lock);
+    pool.start_all();
+    (consul, pool)
+}
+
+/// A 3-node failoverd cluster serving the Consul-compatible API (sessions of
+/// 1 s allowed), started, with a leader.
+async fn consul_cluster() -> Consul {
     // `extra` lands in the [consul_api] section LocalCluster writes last.
     let mut consul = Consul(
         LocalCluster::create(FAILOVERD.into(), &[V, V, A], |_| "session_ttl_min = \"1s\"\n".into())
@@ -866,14 +880,7 @@ async fn consul_pool() -> (Consul, Pool) {
         .wait_leader(&[0, 1, 2], PATIENCE)
         .await
         .expect("the Consul cluster elects a leader");
-    let lock = format!(
-        "[lock]\nbackend = \"consul\"\nconsul_url = \"http://{}\"\nsession_ttl = \"3s\"\n",
-        consul.0.nodes[0].consul
-    );
-    // Their [cluster] and [consul_api] sections are unused with this backend.
-    let mut pool = Pool::new(&[V, V], "", &lock);
-    pool.start_all();
-    (consul, pool)
+    consul
 }
 
 /// The same failover on the consul backend: one of two validators validates;
@@ -1008,4 +1015,153 @@ async fn metrics_have_failoverd_and_kuutamod_names() {
     get("failoverd_promotions_total");
     assert_eq!(get("failoverd_lease_remaining_seconds"), 0.0);
     pool.assert_no_overlap("metrics");
+}
+
+/// A holder does not step down on a watch answer that was read before its
+/// acquire but arrives after it (the watch was under way): it reads the key
+/// afresh first. Found by the 5-host nemesis schedule in CI: a validator
+/// stepped down 7 ms after it promoted ("the key is no longer ours"). Here a
+/// proxy in front of the Consul API answers, once, the first read of the key
+/// after the acquire with the last answer from before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holder_ignores_a_watch_answer_read_before_its_acquire() {
+    let consul = consul_cluster().await;
+    let proxy = stale_read_proxy(consul.0.nodes[0].consul.clone()).await;
+    let lock = format!(
+        "[lock]\nbackend = \"consul\"\nconsul_url = \"http://{}\"\nsession_ttl = \"3s\"\n",
+        proxy.addr
+    );
+    let mut pool = Pool::new(&[V], "", &lock);
+    pool.start_all();
+    pool.wait_state(0, "Validating").await;
+    let deadline = Instant::now() + PATIENCE;
+    while proxy.replayed.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "the proxy never replayed a stale read");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Long enough for the stale answer to have been acted on.
+    tokio::time::sleep(SESSION_TTL).await;
+    let sup = pool.sup(0).await.expect("supervisor status");
+    assert_eq!(sup["state"], "Validating", "{sup:#}");
+    assert_eq!(
+        sup["promotions"], 1,
+        "the holder stepped down and promoted again: {sup:#}"
+    );
+}
+
+/// An HTTP answer as the proxy keeps it: status, headers, body.
+type Answer = (u16, Vec<(String, String)>, Vec<u8>);
+
+/// What [`stale_read_proxy`] shares with its handler.
+struct StaleProxy {
+    addr: String,
+    upstream: String,
+    client: reqwest::Client,
+    /// The last answer to a read of the validator key before an acquire.
+    last_read: std::sync::Mutex<Option<Answer>>,
+    acquired: std::sync::atomic::AtomicBool,
+    replayed: std::sync::atomic::AtomicUsize,
+}
+
+/// An HTTP proxy to the Consul API at `upstream` that, after the first
+/// successful acquire of the validator key, answers the next read of that key
+/// with the last answer from before the acquire.
+async fn stale_read_proxy(upstream: String) -> std::sync::Arc<StaleProxy> {
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+
+    use axum::body::Bytes;
+    use axum::extract::State;
+    use axum::http::Method;
+    use axum::http::Uri;
+    use axum::response::IntoResponse;
+
+    async fn handle(
+        State(p): State<Arc<StaleProxy>>,
+        method: Method,
+        uri: Uri,
+        body: Bytes,
+    ) -> axum::response::Response {
+        let path = uri.path();
+        let is_key = path
+            .strip_prefix("/v1/kv/failoverd/validator/")
+            .is_some_and(|rest| !rest.contains('/'));
+        let url = format!(
+            "http://{}{}",
+            p.upstream,
+            uri.path_and_query().map_or(path, |pq| pq.as_str())
+        );
+        let fresh = async {
+            let resp = p.client.request(method.clone(), url).body(body).send().await.ok()?;
+            let status = resp.status().as_u16();
+            let headers: Vec<(String, String)> = resp
+                .headers()
+                .iter()
+                .filter(|(name, _)| name.as_str().starts_with("x-consul") || name.as_str() == "content-type")
+                .filter_map(|(name, v)| Some((name.to_string(), v.to_str().ok()?.to_string())))
+                .collect();
+            let body = resp.bytes().await.ok()?.to_vec();
+            Some((status, headers, body))
+        }
+        .await;
+        let Some(fresh) = fresh else {
+            return axum::http::StatusCode::BAD_GATEWAY.into_response();
+        };
+        let mut answer = fresh.clone();
+        if is_key && method == Method::GET {
+            let mut last = p.last_read.lock().unwrap_or_else(|e| e.into_inner());
+            if !p.acquired.load(Ordering::SeqCst) {
+                *last = Some(fresh);
+            } else if p.replayed.load(Ordering::SeqCst) == 0 {
+                if let Some(stale) = last.clone() {
+                    answer = stale;
+                    p.replayed.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }
+        if is_key
+            && method == Method::PUT
+            && uri.query().is_some_and(|q| q.contains("acquire="))
+            && fresh_is_true(&answer.2)
+        {
+            p.acquired.store(true, Ordering::SeqCst);
+        }
+        let mut response = (
+            axum::http::StatusCode::from_u16(answer.0).unwrap_or(axum::http::StatusCode::BAD_GATEWAY),
+            answer.2,
+        )
+            .into_response();
+        for (name, value) in answer.1 {
+            if let (Ok(name), Ok(value)) = (
+                axum::http::HeaderName::try_from(name),
+                axum::http::HeaderValue::try_from(value),
+            ) {
+                response.headers_mut().insert(name, value);
+            }
+        }
+        response
+    }
+
+    fn fresh_is_true(body: &[u8]) -> bool {
+        String::from_utf8_lossy(body).trim() == "true"
+    }
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the proxy");
+    let addr = listener.local_addr().expect("proxy address").to_string();
+    let proxy = Arc::new(StaleProxy {
+        addr,
+        upstream,
+        client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(120))
+            .build()
+            .expect("proxy client"),
+        last_read: Default::default(),
+        acquired: Default::default(),
+        replayed: Default::default(),
+    });
+    let app = axum::Router::new().fallback(handle).with_state(proxy.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    proxy
 }
